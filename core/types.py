@@ -1,0 +1,84 @@
+"""Domain types: a document, one of its versions, and a chunk.
+
+These are plain dataclasses so they pickle cheaply between Ray workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Literal
+
+VersionStatus = Literal["pending", "indexing", "indexed", "failed", "superseded"]
+Modality = Literal["text", "image", "audio"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """A file of one tenant, identified by its normalised path.
+
+    Attributes:
+        document_id: ``core.ids.document_id(tenant, path)``.
+        tenant: the owner; every query is filtered by it.
+        path: the NFC, ``/``-separated relative path.
+        latest_version: the newest version number (1-based), 0 before the first.
+        deleted: whether the document was deleted.
+    """
+
+    document_id: str
+    tenant: str
+    path: str
+    latest_version: int = 0
+    deleted: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """One content of a document, as stored in S3 and recorded in the catalog.
+
+    Attributes:
+        document_id, version: the key (version is 1-based and increases by one per new content).
+        tenant, path: copied from the document for the pipeline's convenience.
+        object_key: the S3 key holding the bytes.
+        sha256: hex SHA-256 of the bytes.
+        size: bytes.
+        content_type: a MIME type, or ``""`` when unknown (the extractor sniffs the bytes).
+        status: ``pending``, ``indexing``, ``indexed``, ``failed`` or ``superseded``.
+        etag: the S3 ETag seen when the version was registered (lets ``--scan`` skip unchanged objects).
+    """
+
+    document_id: str
+    version: int
+    tenant: str
+    path: str
+    object_key: str
+    sha256: str
+    size: int
+    content_type: str = ""
+    status: VersionStatus = "pending"
+    etag: str = ""
+    chunk_count: int | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """A piece of a document version small enough to embed.
+
+    Attributes:
+        chunk_index: 0-based position within the version (and modality).
+        text: the chunk's text.
+        page: 1-based page number for paginated sources (PDF), else ``None``.
+        heading: the nearest heading above the chunk (Markdown, HTML), or ``""``.
+        modality: ``text``, ``image`` or ``audio``.
+        start_char, end_char: offsets of the chunk in the extracted text of its page or section.
+    """
+
+    chunk_index: int
+    text: str
+    page: int | None = None
+    heading: str = ""
+    modality: Modality = "text"
+    start_char: int = 0
+    end_char: int = 0
