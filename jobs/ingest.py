@@ -1,0 +1,66 @@
+"""``python -m jobs.ingest``: ingest pending document versions (the ``ingest`` Ray job).
+
+Run it directly, or on a running cluster with::
+
+    ray job submit --working-dir . -- python -m jobs.ingest --tenant demo --scan
+
+The last line of standard output is one JSON object with ``documents_seen``, ``documents_indexed``,
+``documents_unchanged``, ``documents_failed``, ``chunks_indexed`` and ``seconds`` (ARCHITECTURE.md, "Interfaces").
+Exit status: 0 when the run finished (even with failed documents: they are in ``dead_letters``), 2 when a service
+(S3, PostgreSQL, Qdrant, Ray) could not be reached or the configuration is wrong; the message names which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from core.errors import ConfigurationError, InvalidPathError, ServiceUnavailableError
+from core.settings import Settings
+
+logger = logging.getLogger("jobs.ingest")
+
+EXIT_INFRASTRUCTURE = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of the contract: ``[--tenant T] [--prefix P] [--scan] [--force]``."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--tenant", help="only this tenant's documents (default: every tenant)")
+    parser.add_argument("--prefix", default="", help="only paths starting with this prefix")
+    parser.add_argument("--scan", action="store_true", help="first register objects put into the bucket directly")
+    parser.add_argument("--force", action="store_true", help="re-embed documents already indexed")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job; print the JSON summary as the last line; return the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.tenant is not None:
+            from core.ids import object_key
+
+            object_key(args.tenant, "x")  # validates the tenant name
+        settings = Settings()
+        from pipelines.ingest import run_ingest
+
+        summary = run_ingest(settings, tenant=args.tenant, prefix=args.prefix, scan=args.scan, force=args.force)
+    except ServiceUnavailableError as exc:
+        print(f"ingest failed: {exc.service} is unreachable: {exc.detail}", file=sys.stderr)
+        print(json.dumps({"error": "service_unavailable", "service": exc.service, "detail": exc.detail}))
+        return EXIT_INFRASTRUCTURE
+    except (ConfigurationError, InvalidPathError) as exc:
+        print(f"ingest failed: {exc}", file=sys.stderr)
+        print(json.dumps({"error": "configuration", "detail": str(exc)}))
+        return EXIT_INFRASTRUCTURE
+    sys.stdout.flush()
+    print(json.dumps(dataclasses.asdict(summary)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
