@@ -1,0 +1,146 @@
+"""Plain text and Markdown: decode the bytes, whatever their encoding, into one :class:`Section`.
+
+Input: the raw bytes of a ``text/plain`` or ``text/markdown`` file. Output: ``[Section(text, page=None)]`` with
+``\\n`` line ends and no byte-order mark; Markdown is kept as written (the chunker reads its ``#`` headings).
+
+Decoding order (WHATWG Encoding, "decode", https://encoding.spec.whatwg.org/#decode: a BOM wins): a byte-order
+mark; UTF-16/UTF-32 without one (columns of zero bytes); strict UTF-8; then charset-normalizer's guess, where among
+equally clean candidates windows-1252 is preferred (the WHATWG default for legacy Western text, and what
+"ISO-8859-1" means on the web).
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import re
+
+import charset_normalizer
+
+from core.errors import ExtractionError
+from pipelines.extract.base import Section, utf16_or_32_without_bom
+
+logger = logging.getLogger(__name__)
+
+#: Byte-order marks, longest first (a UTF-32 LE BOM begins with the UTF-16 LE one).
+BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+#: Above this share of control or replacement characters, decoded "text" is taken for binary data.
+MAX_CONTROL_RATIO = 0.05
+
+#: Control characters (Unicode category Cc) other than the whitespace ones and ESC (ANSI colours in logs),
+#: surrogates, and U+FFFD (what an undecodable byte becomes).
+_BAD_CHARS = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
+
+#: Among charset-normalizer candidates that are equally clean (chaos within this of the cleanest), these are
+#: preferred, in order: it otherwise often names cp1250 or cp1257 for Latin-1 text ("naïve" becomes "naďve").
+_PREFERRED_LEGACY = ("utf_8", "ascii", "cp1252", "latin_1")
+_CHAOS_TOLERANCE = 0.01
+
+
+def decode_text(data: bytes) -> str:
+    """Decode the bytes of a text file into a string.
+
+    Args:
+        data: the file's bytes.
+
+    Returns:
+        The text, without a leading byte-order mark; line ends are left as they were.
+
+    Raises:
+        ExtractionError: ``binary_content`` when the bytes hold NUL bytes outside UTF-16/UTF-32, when no
+            encoding fits, or when more than ``MAX_CONTROL_RATIO`` of the decoded characters are control or
+            replacement characters.
+    """
+    text = _decode(data)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    _check_printable(text)
+    return text
+
+
+def _decode(data: bytes) -> str:
+    for bom, encoding in BOMS:
+        if data.startswith(bom):
+            return data[len(bom) :].decode(encoding, errors="replace")
+    if b"\x00" in data:
+        encoding = utf16_or_32_without_bom(data)
+        if encoding is None:
+            raise ExtractionError("binary_content", "the data holds NUL bytes and is not UTF-16 or UTF-32 text")
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise ExtractionError(
+                "binary_content", f"the data looks like {encoding} but does not decode: {exc}"
+            ) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    matches = list(charset_normalizer.from_bytes(data))
+    if not matches:
+        raise ExtractionError("binary_content", "no text encoding fits the data")
+    cleanest = min(match.chaos for match in matches)
+    clean = [match for match in matches if match.chaos <= cleanest + _CHAOS_TOLERANCE]
+    for encoding in _PREFERRED_LEGACY:
+        for match in clean:
+            if match.encoding == encoding:
+                return str(match)
+    logger.debug("decoded as %s (charset-normalizer)", clean[0].encoding)
+    return str(clean[0])
+
+
+def _check_printable(text: str) -> None:
+    if not text:
+        return
+    bad = len(_BAD_CHARS.findall(text))
+    if bad / len(text) > MAX_CONTROL_RATIO:
+        raise ExtractionError(
+            "binary_content", f"{bad} of {len(text)} decoded characters are control or replacement characters"
+        )
+
+
+def normalise_newlines(text: str) -> str:
+    """Turn ``\\r\\n`` and lone ``\\r`` line ends into ``\\n`` and drop NUL characters.
+
+    Args:
+        text: decoded text.
+
+    Returns:
+        The same text with ``\\n`` line ends.
+    """
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+
+
+class TextExtractor:
+    """Extract a plain-text or Markdown file as one section.
+
+    Stateless and cheap to build; safe to share between threads.
+    """
+
+    def extract(self, data: bytes, path: str) -> list[Section]:
+        """Decode a text file.
+
+        Args:
+            data: the file's bytes.
+            path: the document's relative path (used in error details only).
+
+        Returns:
+            ``[Section(text, page=None)]``, the text with ``\\n`` line ends.
+
+        Raises:
+            ExtractionError: ``empty_file`` for 0 bytes, ``empty_content`` when the text is only whitespace,
+                ``binary_content`` (see :func:`decode_text`).
+        """
+        if not data:
+            raise ExtractionError("empty_file", f"{path} has 0 bytes")
+        text = normalise_newlines(decode_text(data))
+        if not text.strip():
+            raise ExtractionError("empty_content", f"{path} holds only whitespace")
+        return [Section(text=text, page=None)]
