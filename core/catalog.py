@@ -48,6 +48,25 @@ class Registration:
     created: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A version claimed for indexing by :meth:`Catalog.claim_versions`.
+
+    Attributes:
+        version: the version, now ``indexing``.
+        previous_status: its status before the claim: ``pending`` for a first attempt; ``indexing`` when a run that
+            died left it (its points may be partly written), or another status under ``force``.
+    """
+
+    version: Version
+    previous_status: str
+
+    @property
+    def first_attempt(self) -> bool:
+        """Whether no point of this version can exist yet (so nothing stale needs deleting)."""
+        return self.previous_status == "pending"
+
+
 def _version(row: dict[str, Any]) -> Version:
     return Version(**row)
 
@@ -247,8 +266,8 @@ class Catalog:
 
         return self._run(select)
 
-    def claim_versions(self, tenant: str | None, prefix: str = "", *, force: bool = False) -> list[Version]:
-        """Mark the versions this run must index as ``indexing`` and return them.
+    def claim_versions(self, tenant: str | None, prefix: str = "", *, force: bool = False) -> list[Claim]:
+        """Mark the versions this run must index as ``indexing`` and return them with their previous status.
 
         Claimed: the latest version of each live document (of ``tenant``, or of every tenant when ``None``) under
         ``prefix`` that is ``pending``, or ``indexing`` (left so by a run that died: it is resumed), or any status
@@ -257,7 +276,7 @@ class Catalog:
         """
         statuses = ["pending", "indexing"] + (["indexed", "failed", "superseded"] if force else [])
 
-        def claim(conn: psycopg.Connection) -> list[Version]:
+        def claim(conn: psycopg.Connection) -> list[Claim]:
             conn.execute(
                 "UPDATE document_versions v SET status = 'superseded', updated_at = now() FROM documents d "
                 "WHERE v.document_id = d.document_id AND v.version < d.latest_version AND v.status = 'pending' "
@@ -265,13 +284,18 @@ class Catalog:
                 (tenant, tenant, prefix),
             )
             rows = conn.execute(
-                f"UPDATE document_versions v SET status = 'indexing', error = NULL, updated_at = now() "
-                "FROM documents d WHERE v.document_id = d.document_id AND v.version = d.latest_version "
-                "AND NOT d.deleted AND (%s::text IS NULL OR d.tenant = %s) AND starts_with(d.path, %s) "
-                f"AND v.status = ANY(%s) RETURNING {_VERSION_COLUMNS}",
+                "WITH target AS ("
+                "  SELECT v.document_id, v.version, v.status AS previous_status FROM document_versions v "
+                "  JOIN documents d ON v.document_id = d.document_id AND v.version = d.latest_version "
+                "  WHERE NOT d.deleted AND (%s::text IS NULL OR d.tenant = %s) AND starts_with(d.path, %s) "
+                "  AND v.status = ANY(%s) FOR UPDATE OF v) "
+                "UPDATE document_versions v SET status = 'indexing', error = NULL, updated_at = now() "
+                f"FROM target t, documents d WHERE v.document_id = t.document_id AND v.version = t.version "
+                f"AND d.document_id = v.document_id RETURNING {_VERSION_COLUMNS}, t.previous_status",
                 (tenant, tenant, prefix, statuses),
             ).fetchall()
-            return sorted((_version(r) for r in rows), key=lambda v: (v.tenant, v.path))
+            claims = [Claim(_version({k: r[k] for k in r if k != "previous_status"}), r["previous_status"]) for r in rows]
+            return sorted(claims, key=lambda c: (c.version.tenant, c.version.path))
 
         return self._run(claim)
 

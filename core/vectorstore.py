@@ -205,24 +205,23 @@ class VectorStore:
         """Delete every point matching ``flt``."""
         self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
 
-    def delete_other_versions(self, document_id: str, keep_version: int) -> None:
-        """Delete the points of every version of a document except ``keep_version``."""
+    def delete_stale(self, document_id: str, version: int, chunk_count: int) -> None:
+        """Delete every point of a document except chunks ``0 .. chunk_count - 1`` of ``version``.
+
+        That removes older versions' points and chunks left over from an earlier, longer run of the same version,
+        in one call.
+        """
         self.delete(
             models.Filter(
                 must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))],
-                must_not=[models.FieldCondition(key="version", match=models.MatchValue(value=keep_version))],
-            )
-        )
-
-    def delete_chunks_from(self, document_id: str, version: int, first_stale_index: int) -> None:
-        """Delete a version's points with ``chunk_index >= first_stale_index`` (left by an earlier, longer run)."""
-        self.delete(
-            models.Filter(
-                must=[
-                    models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)),
-                    models.FieldCondition(key="version", match=models.MatchValue(value=version)),
-                    models.FieldCondition(key="chunk_index", range=models.Range(gte=first_stale_index)),
-                ]
+                must_not=[
+                    models.Filter(
+                        must=[
+                            models.FieldCondition(key="version", match=models.MatchValue(value=version)),
+                            models.FieldCondition(key="chunk_index", range=models.Range(lt=chunk_count)),
+                        ]
+                    )
+                ],
             )
         )
 
