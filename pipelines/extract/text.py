@@ -41,7 +41,7 @@ _BAD_CHARS = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f\ud800-\udfff\uff
 #: Among charset-normalizer candidates that are equally clean (chaos within this of the cleanest), these are
 #: preferred, in order: it otherwise often names cp1250 or cp1257 for Latin-1 text ("naïve" becomes "naďve").
 _PREFERRED_LEGACY = ("utf_8", "ascii", "cp1252", "latin_1")
-_CHAOS_TOLERANCE = 0.01
+_CHAOS_TOLERANCE = 0.1
 
 
 def decode_text(data: bytes) -> str:

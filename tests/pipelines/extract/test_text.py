@@ -189,3 +189,16 @@ def test_extract_sections_empty_file() -> None:
     with pytest.raises(ExtractionError) as info:
         extract_sections(b"", "empty.pdf", "application/pdf")
     assert info.value.reason == "empty_file"
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("Le café du coin sert un crème brûlée délicieux. Naïve façade, résumé déjà vu.\n\n" * 3, "latin-1"),
+        ("Größere Straßen führen über die Brücke. Äpfel und Öl sind schön. " * 3, "latin-1"),
+        ("Привет, как дела? Это длинный текст на русском языке, чтобы проверить кодировку. " * 3, "cp1251"),
+        ("Příliš žluťoučký kůň úpěl ďábelské ódy. Dobrý den, jak se máte? Čeština je krásná. " * 3, "cp1250"),
+    ],
+)
+def test_legacy_single_byte_encodings_are_detected(text, encoding):
+    assert decode_text(text.encode(encoding)) == text
