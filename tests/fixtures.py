@@ -1,0 +1,82 @@
+"""Fixtures for tests that need Ray, Ray Serve, or several settings in one module (loaded by ``tests/conftest.py``).
+
+Fixtures:
+    make_settings: a factory of :class:`core.settings.Settings` on the session's servers, each call with its own
+        bucket, collection and embedded Qdrant folder (for module-scoped fixtures, which cannot use ``settings``).
+    ray_local: a local Ray instance for the test module (one per module, STYLE.md habit 11), in namespace ``sluice``.
+    serve_http: a factory that runs a Serve application on a free HTTP port and returns its base URL.
+    unused_port: a loopback port nothing listens on (to simulate an unreachable service).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.local.stack import free_port
+
+
+@pytest.fixture(scope="session")
+def make_settings(postgres_dsn, redis_url, s3_endpoint, tmp_path_factory) -> Callable[..., object]:
+    """``make_settings(**overrides)`` returns fresh Settings with unique bucket, collection and Qdrant folder."""
+    from core.settings import Settings
+
+    def make(**overrides):
+        name = uuid.uuid4().hex[:12]
+        values = dict(
+            postgres_dsn=postgres_dsn,
+            redis_url=redis_url,
+            s3_endpoint=s3_endpoint.endpoint,
+            s3_access_key=s3_endpoint.access_key,
+            s3_secret_key=s3_endpoint.secret_key,
+            s3_secure=False,
+            s3_bucket=f"m-{name}",
+            qdrant_url="",
+            qdrant_collection=f"m_{name}",
+            qdrant_path=Path(tmp_path_factory.mktemp("qdrant")),
+        )
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[dict]:
+    """A local Ray for the module (2 CPUs, no dashboard); yields ``ray.init``'s address info."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    context = ray.init(num_cpus=2, include_dashboard=False, namespace="sluice", log_to_driver=False)
+    try:
+        yield context.address_info
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_http(ray_local) -> Iterator[Callable[[object, str], str]]:
+    """``serve_http(app, name)`` runs a Serve application at route ``/`` and returns ``http://127.0.0.1:PORT``."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+    def run(app, name: str) -> str:
+        serve.run(app, name=name, route_prefix="/")
+        return f"http://127.0.0.1:{port}"
+
+    try:
+        yield run
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port with no listener: connecting to it is refused at once."""
+    return free_port()
