@@ -301,18 +301,27 @@ class Catalog:
 
     def mark_indexed(self, document_id: str, version: int, chunk_count: int) -> None:
         """Record a version as ``indexed`` with its chunk count; older versions become ``superseded``."""
+        self.mark_indexed_many([(document_id, version, chunk_count)])
+
+    def mark_indexed_many(self, outcomes: list[tuple[str, int, int]]) -> None:
+        """:meth:`mark_indexed` for many ``(document_id, version, chunk_count)`` at once, in one transaction."""
+        if not outcomes:
+            return
 
         def mark(conn: psycopg.Connection) -> None:
-            conn.execute(
-                "UPDATE document_versions SET status = 'indexed', chunk_count = %s, error = NULL, indexed_at = now(), "
-                "updated_at = now() WHERE document_id = %s AND version = %s",
-                (chunk_count, document_id, version),
-            )
-            conn.execute(
-                "UPDATE document_versions SET status = 'superseded', updated_at = now() "
-                "WHERE document_id = %s AND version < %s AND status <> 'superseded'",
-                (document_id, version),
-            )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE document_versions SET status = 'indexed', chunk_count = %s, error = NULL, "
+                    "indexed_at = now(), updated_at = now() WHERE document_id = %s AND version = %s",
+                    [(count, doc, version) for doc, version, count in outcomes],
+                )
+                older = [(doc, version) for doc, version, _ in outcomes if version > 1]
+                if older:
+                    cur.executemany(
+                        "UPDATE document_versions SET status = 'superseded', updated_at = now() "
+                        "WHERE document_id = %s AND version < %s AND status <> 'superseded'",
+                        older,
+                    )
 
         self._run(mark)
 

@@ -10,6 +10,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,16 +47,26 @@ def make_settings(postgres_dsn, redis_url, s3_endpoint, tmp_path_factory) -> Cal
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[dict]:
-    """A local Ray for the module (2 CPUs, no dashboard); yields ``ray.init``'s address info."""
+    """A local Ray for the module (2 CPUs, no dashboard); yields ``ray.init``'s address info.
+
+    Token authentication is off (``RAY_AUTH_MODE=disabled``): Ray 2.5x turns it on for a new cluster whenever
+    ``~/.ray/auth_token`` exists, which would make subprocess clients depend on the machine's history.
+    """
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    previous = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     context = ray.init(num_cpus=2, include_dashboard=False, namespace="sluice", log_to_driver=False)
     try:
         yield context.address_info
     finally:
         ray.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous
 
 
 @pytest.fixture(scope="module")

@@ -1554,7 +1554,12 @@ def stack_env(state_dir: Path, handles: Mapping[str, ServerHandle]) -> dict[str,
     return env
 
 
-def _write_env_file(state_dir: Path, env: Mapping[str, str], ray: RayHead | None, serve_url: str | None) -> Path:
+def write_env_file(state_dir: Path, env: Mapping[str, str], ray: RayHead | None, serve_url: str | None) -> Path:
+    """Write ``<state_dir>/env``: one ``export NAME=value`` line per setting, plus the Ray and Serve addresses.
+
+    Returns:
+        The path of the file (``source`` it to point commands at the stack).
+    """
     lines = [
         "# Written by `make up` (python -m cluster.local.stack up). Load it with: source .sluice/env",
     ]
@@ -1647,14 +1652,14 @@ def _cmd_up(state_dir: Path, with_ray: bool, with_serve: bool, serve_config: Pat
                 serve_url = deploy_serve(serve_config, ray.dashboard_url, env=stack_env(state_dir, handles))
             except StackError as exc:
                 print(f"  serve     FAILED: {exc}", file=sys.stderr)
-                _write_env_file(state_dir, stack_env(state_dir, handles), ray, None)
+                write_env_file(state_dir, stack_env(state_dir, handles), ray, None)
                 return 1
             started_any = True
             print(f"  serve     running at {serve_url}")
             if not serve_url.endswith(f":{PORTS['serve'].value()}"):
                 print(f"  serve     note: {serve_config} sets http_options.port; {PORTS['serve'].env_var} is not used")
 
-    env_path = _write_env_file(state_dir, stack_env(state_dir, handles), ray, serve_url)  # type: ignore[arg-type]
+    env_path = write_env_file(state_dir, stack_env(state_dir, handles), ray, serve_url)  # type: ignore[arg-type]
     print("Everything was already running; nothing to do." if not started_any else "Local stack is up.")
     print(f"Environment: source {env_path}")
     if ray is not None:
