@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from qdrant_client import models
 
 from core.ids import point_id
@@ -50,35 +51,55 @@ def parent_dirs(path: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def to_point(row: dict[str, Any]) -> models.PointStruct:
-    """Build the point of one chunk row (deterministic id, so a rewrite replaces it)."""
-    payload = {
-        "tenant": row[C.TENANT],
-        "document_id": row[C.DOCUMENT_ID],
-        "version": int(row[C.VERSION]),
-        "is_latest": True,
-        "path": row[C.PATH],
-        "dirs": parent_dirs(row[C.PATH]),
-        "modality": row[C.MODALITY],
-        "chunk_index": int(row[C.CHUNK_INDEX]),
-        "text": row[C.TEXT],
-        "content_type": row[C.CONTENT_TYPE],
-        "heading": row[C.HEADING],
-        "sha256": row[C.SHA256],
-        "links": [],
-    }
-    if int(row[C.PAGE]):
-        payload["page"] = int(row[C.PAGE])
-    return models.PointStruct(
-        id=point_id(row[C.DOCUMENT_ID], int(row[C.VERSION]), row[C.MODALITY], int(row[C.CHUNK_INDEX])),
-        vector={
-            TEXT_VECTOR: [float(x) for x in row[C.EMBEDDING]],
-            SPARSE_VECTOR: models.SparseVector(
-                indices=[int(x) for x in row[C.SPARSE_INDICES]], values=[float(x) for x in row[C.SPARSE_VALUES]]
-            ),
-        },
-        payload=payload,
-    )
+def to_points(columns: dict[str, np.ndarray]) -> tuple[list[models.PointStruct], list[tuple[str, int]]]:
+    """Build the points of a block's chunk rows, column-wise; error rows are skipped.
+
+    Args:
+        columns: the block as numpy columns (``pipelines.columns``); ``embedding`` is ``float32 (rows, dim)``.
+
+    Returns:
+        The points (deterministic ids, so a rewrite replaces them) and, for each, its ``(document_id, version)``.
+        The models are built with ``model_construct``: the values come typed from the pipeline, and validating
+        millions of floats again cost half a core (measured on Vaswani).
+    """
+    vectors = np.asarray(columns[C.EMBEDDING], dtype=np.float32).tolist()
+    points: list[models.PointStruct] = []
+    keys: list[tuple[str, int]] = []
+    for i in range(len(vectors)):
+        if columns[C.ERROR_REASON][i]:
+            continue
+        document_id, version = str(columns[C.DOCUMENT_ID][i]), int(columns[C.VERSION][i])
+        modality, chunk_index, path = str(columns[C.MODALITY][i]), int(columns[C.CHUNK_INDEX][i]), str(columns[C.PATH][i])
+        payload = {
+            "tenant": str(columns[C.TENANT][i]),
+            "document_id": document_id,
+            "version": version,
+            "is_latest": True,
+            "path": path,
+            "dirs": parent_dirs(path),
+            "modality": modality,
+            "chunk_index": chunk_index,
+            "text": str(columns[C.TEXT][i]),
+            "content_type": str(columns[C.CONTENT_TYPE][i]),
+            "heading": str(columns[C.HEADING][i]),
+            "sha256": str(columns[C.SHA256][i]),
+            "links": [],
+        }
+        if int(columns[C.PAGE][i]):
+            payload["page"] = int(columns[C.PAGE][i])
+        sparse = models.SparseVector.model_construct(
+            indices=np.asarray(columns[C.SPARSE_INDICES][i]).tolist(),
+            values=np.asarray(columns[C.SPARSE_VALUES][i], dtype=np.float32).tolist(),
+        )
+        points.append(
+            models.PointStruct.model_construct(
+                id=point_id(document_id, version, modality, chunk_index),
+                vector={TEXT_VECTOR: vectors[i], SPARSE_VECTOR: sparse},
+                payload=payload,
+            )
+        )
+        keys.append((document_id, version))
+    return points, keys
 
 
 class QdrantDatasink(Datasink[dict]):
@@ -99,29 +120,23 @@ class QdrantDatasink(Datasink[dict]):
         """Write the blocks' chunk rows; return ``{(document_id, version): VersionOutcome}``."""
         store = self.store or VectorStore(self.settings)
         outcomes: dict[tuple[str, int], VersionOutcome] = {}
-        pending: list[models.PointStruct] = []
-        pending_keys: list[tuple[str, int]] = []
-
-        def flush() -> None:
-            store.upsert(pending)
-            for key in pending_keys:
-                outcomes[key].written += 1
-            pending.clear()
-            pending_keys.clear()
-
+        batch = self.settings.write_batch_size
         for block in blocks:
-            for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
-                key = (str(row[C.DOCUMENT_ID]), int(row[C.VERSION]))
-                outcome = outcomes.setdefault(key, VersionOutcome())
-                if row[C.ERROR_REASON]:
-                    outcome.error = (str(row[C.ERROR_STAGE]), str(row[C.ERROR_REASON]), str(row[C.ERROR_DETAIL]))
-                    continue
-                outcome.chunk_count = int(row[C.CHUNK_COUNT])
-                pending.append(to_point(row))
-                pending_keys.append(key)
-                if len(pending) >= self.settings.write_batch_size:
-                    flush()
-        flush()
+            accessor = BlockAccessor.for_block(block)
+            if accessor.num_rows() == 0:
+                continue
+            columns = accessor.to_numpy()
+            for i in range(accessor.num_rows()):
+                outcome = outcomes.setdefault((str(columns[C.DOCUMENT_ID][i]), int(columns[C.VERSION][i])), VersionOutcome())
+                if columns[C.ERROR_REASON][i]:
+                    outcome.error = (str(columns[C.ERROR_STAGE][i]), str(columns[C.ERROR_REASON][i]), str(columns[C.ERROR_DETAIL][i]))
+                else:
+                    outcome.chunk_count = int(columns[C.CHUNK_COUNT][i])
+            points, keys = to_points(columns)
+            for start in range(0, len(points), batch):
+                store.upsert(points[start : start + batch])
+                for key in keys[start : start + batch]:
+                    outcomes[key].written += 1
         return outcomes
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:
