@@ -95,29 +95,14 @@ def _unique_name(request: pytest.FixtureRequest, prefix: str, max_len: int) -> s
 
 
 @pytest.fixture
-def settings(
-    request: pytest.FixtureRequest,
-    postgres_dsn: str,
-    redis_url: str,
-    s3_endpoint: S3Endpoint,
-    tmp_path: Path,
-):
+def settings(request: pytest.FixtureRequest, make_settings, tmp_path: Path):
     """Settings pointing at the session's servers, with names unique to this test.
 
     The bucket (a valid S3 name, not created here: the S3 adapter creates it on first use) and the Qdrant collection
-    are unique per test; the embedded Qdrant store lives in the test's ``tmp_path``.
+    are unique per test and carry its name; the embedded Qdrant store lives in the test's ``tmp_path``.
     """
-    from core.settings import Settings
-
-    return Settings(
-        postgres_dsn=postgres_dsn,
-        redis_url=redis_url,
-        s3_endpoint=s3_endpoint.endpoint,
-        s3_access_key=s3_endpoint.access_key,
-        s3_secret_key=s3_endpoint.secret_key,
-        s3_secure=False,
+    return make_settings(
         s3_bucket=_unique_name(request, "t", 63),
-        qdrant_url="",
         qdrant_collection=_unique_name(request, "t", 63).replace("-", "_"),
         qdrant_path=tmp_path / "qdrant",
     )
