@@ -157,6 +157,9 @@ def write_env_file(state_dir: Path, env: Mapping[str, str], ray: RayHead | None,
     """
     lines = [
         "# Written by `make up` (python -m cluster.local.stack up). Load it with: source .sluice/env",
+        "# The interpreter that runs the stack (the project's .venv) comes first, so `ray`, `serve` and",
+        "# `python -m jobs.ingest` are the ones the stack runs.",
+        f'export PATH={_shell_quote(str(Path(sys.executable).parent))}:"$PATH"',
     ]
     lines += [f"export {name}={_shell_quote(value)}" for name, value in env.items()]
     if ray is not None:

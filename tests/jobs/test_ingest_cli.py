@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,8 @@ def env_of(settings, ray_address: str) -> dict[str, str]:
 
 
 def run_job(env_file: Path, *args: str) -> subprocess.CompletedProcess:
-    command = f"source {env_file} && {sys.executable} -m jobs.ingest {' '.join(args)}"
+    # A bare `python`: the env file must put the project's interpreter first on PATH.
+    command = f"source {env_file} && python -m jobs.ingest {' '.join(args)}"
     return subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
 
