@@ -68,6 +68,25 @@ class Settings(BaseSettings):
     search_cache_ttl_s: int = Field(default=300, ge=0)
     rrf_k: int = Field(default=60, ge=1)
 
+    # Uploads (S3 limits: parts of 5 MiB to 5 GiB, at most 10,000 parts, objects of at most 5 TiB;
+    # https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html).
+    max_upload_bytes: int = Field(default=5 * 1024**4, ge=0, le=5 * 1024**4)
+    upload_part_size: int = Field(default=16 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
+    #: Seconds after which an upload that was not completed is aborted by ``jobs.janitor``.
+    upload_ttl_s: int = Field(default=24 * 3600, ge=60)
+    #: Completion attempts before an upload stuck in ``completing`` is cleaned up and marked ``failed``.
+    upload_max_attempts: int = Field(default=5, ge=1)
+
+    # Versions and deletes.
+    #: Versions of a document whose points stay in the index (the latest included); older ones are deleted.
+    version_retention: int = Field(default=3, ge=1)
+    #: Whether ``DELETE /v1/documents/{id}`` also removes the document's objects from S3.
+    delete_objects: bool = False
+
+    # Other modalities and embedding providers.
+    #: Base URL of an Ollama server for ``ollama:<model>`` embedding specs.
+    ollama_url: str = "http://127.0.0.1:11434"
+
     @field_validator("chunk_overlap_tokens")
     @classmethod
     def _overlap_below_chunk(cls, value: int, info) -> int:

@@ -4,7 +4,8 @@ Fixtures:
     make_settings: a factory of :class:`core.settings.Settings` on the session's servers, each call with its own
         bucket, collection and embedded Qdrant folder (for module-scoped fixtures, which cannot use ``settings``).
     ray_local: a local Ray instance for the test module (one per module, STYLE.md habit 11), in namespace ``sluice``.
-    serve_http: a factory that runs a Serve application on a free HTTP port and returns its base URL.
+    serve_http: a factory that runs a Serve application on a free HTTP port (at its route prefix) and returns the
+        base URL of the Serve proxy.
     unused_port: a loopback port nothing listens on (to simulate an unreachable service).
 """
 
@@ -71,14 +72,18 @@ def ray_local() -> Iterator[dict]:
 
 @pytest.fixture(scope="module")
 def serve_http(ray_local) -> Iterator[Callable[[object, str], str]]:
-    """``serve_http(app, name)`` runs a Serve application at route ``/`` and returns ``http://127.0.0.1:PORT``."""
+    """``serve_http(app, name, route_prefix="/")`` runs a Serve application and returns ``http://127.0.0.1:PORT``.
+
+    Several applications may run side by side in one module, each at its own prefix (Serve routes a request to the
+    longest matching prefix), as ``serve/config.yaml`` deploys them.
+    """
     from ray import serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
-    def run(app, name: str) -> str:
-        serve.run(app, name=name, route_prefix="/")
+    def run(app, name: str, route_prefix: str = "/") -> str:
+        serve.run(app, name=name, route_prefix=route_prefix)
         return f"http://127.0.0.1:{port}"
 
     try:
