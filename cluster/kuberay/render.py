@@ -1,0 +1,189 @@
+"""Render the KubeRay manifests (``RayService`` for the Serve applications, ``RayJob`` for ingest) from one source.
+
+The Serve applications are defined once, in ``serve/config.yaml`` (what ``make up`` deploys); the ``RayService``
+embeds that file's ``applications`` as its ``serveConfigV2`` so production and the local stack cannot drift apart.
+``tests/cluster/test_kuberay.py`` checks that the committed manifests equal what this module renders.
+
+Usage (from the repository root)::
+
+    python -m cluster.kuberay.render --write          # rewrite cluster/kuberay/*.yaml
+    python -m cluster.kuberay.render rayservice       # print one manifest
+
+Configuration reaches the pods as environment variables from the Kubernetes Secret ``sluice-config`` (every
+``SLUICE_*`` of ARCHITECTURE.md "Configuration"; create it with ``kubectl create secret generic sluice-config
+--from-env-file=...``). Field names follow the KubeRay ``ray.io/v1`` CRDs (RayService: ``serveConfigV2``,
+``rayClusterConfig``; RayJob: ``entrypoint``, ``shutdownAfterJobFinishes``; https://docs.ray.io/en/latest/cluster/
+kubernetes/getting-started/rayservice-quick-start.html and .../rayjob-quick-start.html).
+
+This module imports only the standard library and PyYAML (a Ray dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVE_CONFIG = REPO_ROOT / "serve" / "config.yaml"
+OUT_DIR = Path(__file__).resolve().parent
+
+#: Ray version of the images; keep it equal to the Ray the project is tested with.
+RAY_VERSION = "2.60.0"
+#: The project's image: rayproject/ray with ``pip install .`` of this repository (build it from the repo root).
+IMAGE = "ghcr.io/sluice/sluice:latest"
+CONFIG_SECRET = "sluice-config"
+
+HEADER = "# Rendered by `python -m cluster.kuberay.render --write` from serve/config.yaml; do not edit by hand.\n"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (the embedded Serve config) as ``|`` blocks, readable in review."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _container(name: str, cpu: str, memory: str, gpus: int = 0, ports: list[dict] | None = None) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        limits["nvidia.com/gpu"] = gpus
+    container: dict[str, Any] = {
+        "name": name,
+        "image": IMAGE,
+        "envFrom": [{"secretRef": {"name": CONFIG_SECRET}}],
+        "resources": {"limits": limits, "requests": dict(limits)},
+    }
+    if ports:
+        container["ports"] = ports
+    return container
+
+
+def ray_cluster_spec() -> dict[str, Any]:
+    """The ``RayCluster`` spec shared by the RayService and the RayJob.
+
+    A head without work (``num-cpus: 0``: it runs the GCS, the dashboard and the Serve controller), a CPU worker
+    group (prepare stage, Serve replicas) and a GPU worker group (the embed actor pools), both autoscaled.
+
+    Returns:
+        A dict in the ``rayClusterConfig`` / ``rayClusterSpec`` shape of KubeRay ``ray.io/v1``.
+    """
+    head_ports = [
+        {"containerPort": 6379, "name": "gcs"},
+        {"containerPort": 8265, "name": "dashboard"},
+        {"containerPort": 10001, "name": "client"},
+        {"containerPort": 8000, "name": "serve"},
+    ]
+    return {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": True,
+        "headGroupSpec": {
+            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+            "template": {"spec": {"containers": [_container("ray-head", "4", "16Gi", ports=head_ports)]}},
+        },
+        "workerGroupSpecs": [
+            {
+                "groupName": "cpu",
+                "replicas": 2,
+                "minReplicas": 1,
+                "maxReplicas": 16,
+                "rayStartParams": {},
+                "template": {"spec": {"containers": [_container("ray-worker", "8", "32Gi")]}},
+            },
+            {
+                "groupName": "gpu",
+                "replicas": 1,
+                "minReplicas": 0,
+                "maxReplicas": 8,
+                "rayStartParams": {},
+                "template": {"spec": {"containers": [_container("ray-worker", "8", "48Gi", gpus=1)]}},
+            },
+        ],
+    }
+
+
+def serve_applications(config_path: Path = SERVE_CONFIG) -> dict[str, Any]:
+    """The Serve config of ``serve/config.yaml`` with its HTTP proxies on every pod, listening on the pod network.
+
+    Raises:
+        FileNotFoundError: the config file is missing. ValueError: it has no ``applications``.
+    """
+    config = yaml.safe_load(config_path.read_text())
+    if not isinstance(config, dict) or not config.get("applications"):
+        raise ValueError(f"{config_path} has no 'applications' list")
+    config = dict(config)
+    # Every pod's proxy answers (the Kubernetes Service spreads requests); the local stack has a head only.
+    config["proxy_location"] = "EveryNode"
+    config["http_options"] = {**(config.get("http_options") or {}), "host": "0.0.0.0"}
+    return config
+
+
+def rayservice(config_path: Path = SERVE_CONFIG) -> dict[str, Any]:
+    """The ``RayService`` manifest: the Serve applications on an autoscaled cluster."""
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": "sluice"},
+        "spec": {
+            "serveConfigV2": yaml.dump(serve_applications(config_path), Dumper=_Dumper, sort_keys=False),
+            "rayClusterConfig": ray_cluster_spec(),
+        },
+    }
+
+
+def rayjob_ingest() -> dict[str, Any]:
+    """The ``RayJob`` manifest that runs ``python -m jobs.ingest --scan`` on its own cluster, then deletes it."""
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": "sluice-ingest"},
+        "spec": {
+            "entrypoint": "python -m jobs.ingest --scan",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 600,
+            "activeDeadlineSeconds": 24 * 3600,
+            "backoffLimit": 2,
+            "rayClusterSpec": ray_cluster_spec(),
+        },
+    }
+
+
+MANIFESTS = {"rayservice": rayservice, "rayjob-ingest": rayjob_ingest}
+
+
+def render(name: str) -> str:
+    """One manifest as YAML text (with the do-not-edit header).
+
+    Raises:
+        KeyError: ``name`` is not one of :data:`MANIFESTS`.
+    """
+    return HEADER + yaml.dump(MANIFESTS[name](), Dumper=_Dumper, sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: print one manifest, or ``--write`` them all next to this module."""
+    parser = argparse.ArgumentParser(prog="python -m cluster.kuberay.render", description=__doc__.split("\n")[0])
+    parser.add_argument("name", nargs="?", choices=sorted(MANIFESTS))
+    parser.add_argument("--write", action="store_true", help="write every manifest to cluster/kuberay/<name>.yaml")
+    args = parser.parse_args(argv)
+    if args.write:
+        for name in MANIFESTS:
+            (OUT_DIR / f"{name}.yaml").write_text(render(name))
+            print(OUT_DIR / f"{name}.yaml")
+        return 0
+    if not args.name:
+        parser.error("name a manifest or pass --write")
+    sys.stdout.write(render(args.name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
