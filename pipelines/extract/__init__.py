@@ -1,8 +1,10 @@
-"""Extractors: turn a document version's bytes into text sections, by what the bytes are.
+"""Extractors: turn a document version's bytes into text sections and pictures, by what the bytes are.
 
 Input: the raw bytes of one file, its relative path and the content type the uploader declared (may be ``""``).
-Output: the sniffed content type and a list of :class:`Section` (one per PDF page, one for a text, Markdown or
-HTML file). Every failure is an :class:`core.errors.ExtractionError` with a stable reason code:
+Output of :func:`extract_sections`: the sniffed content type and a list of :class:`Section` (one per PDF page, one
+for a text, Markdown or HTML file). Output of :func:`extract_document`: an :class:`Extracted` with the sections and
+the pictures (:class:`ImageItem`: an image file; a PDF's embedded images and its pages without a text layer,
+rendered for OCR). Every failure is an :class:`core.errors.ExtractionError` with a stable reason code:
 
 =====================  ==========================================================
 ``empty_file``         0 bytes
@@ -12,15 +14,28 @@ HTML file). Every failure is an :class:`core.errors.ExtractionError` with a stab
 ``html_unparseable``   markup that cannot be parsed at all
 ``pdf_corrupt``        a PDF that PDFium cannot open, or without readable pages
 ``pdf_encrypted``      a PDF that needs a password
-``pdf_no_text``        a PDF without a text layer (scanned; OCR is not enabled)
+``pdf_no_text``        a PDF without a text layer (``extract_sections``; ``extract_document`` renders it)
+``pdf_render_failed``  a PDF page without text that PDFium cannot load or render
+``image_bomb``         an image that claims more pixels than the limit
+``image_truncated``    an image whose data ends early
+``image_corrupt``      image bytes that do not decode
 =====================  ==========================================================
+
+Audio types (``AUDIO_TYPES``: WAV, FLAC, Ogg, MP3, M4A) are sniffed here and decoded by the audio extractor
+(``pipelines.extract.audio``); :func:`extract_document` raises ``unsupported_type`` for them, and the prepare stage
+dispatches them by :func:`is_audio`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
 from core.errors import ExtractionError
 from pipelines.extract.base import (
     APPLICATION_PDF,
+    AUDIO_TYPES,
+    IMAGE_TYPES,
     SUPPORTED_TYPES,
     TEXT_HTML,
     TEXT_MARKDOWN,
@@ -32,14 +47,25 @@ from pipelines.extract.html import HtmlExtractor
 from pipelines.extract.pdf import PdfExtractor
 from pipelines.extract.text import TextExtractor, decode_text
 
+if TYPE_CHECKING:
+    from pipelines.extract.image import ImageExtractor, ImageItem
+
 __all__ = [
+    "AUDIO_TYPES",
+    "IMAGE_TYPES",
     "SUPPORTED_TYPES",
+    "Extracted",
     "HtmlExtractor",
+    "ImageExtractor",
+    "ImageItem",
     "PdfExtractor",
     "Section",
     "TextExtractor",
     "decode_text",
+    "extract_document",
     "extract_sections",
+    "is_audio",
+    "is_image",
     "sniff_content_type",
 ]
 
@@ -49,6 +75,80 @@ _EXTRACTORS = {
     TEXT_HTML: HtmlExtractor(),
     APPLICATION_PDF: PdfExtractor(),
 }
+_IMAGES: ImageExtractor | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``ImageExtractor`` and ``ImageItem`` load on first use: the text path does not need Pillow."""
+    if name in ("ImageExtractor", "ImageItem"):
+        from pipelines.extract import image
+
+        return getattr(image, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclasses.dataclass
+class Extracted:
+    """What :func:`extract_document` found in one document version.
+
+    Attributes:
+        content_type: the sniffed MIME type.
+        sections: text sections (one per PDF page with a text layer; one for a text file; none for an image).
+        images: pictures, ``index`` 0..n-1 in document order (one for an image file).
+        ocr_pages: PDF pages rendered because they have no text layer (their text comes from OCR).
+    """
+
+    content_type: str
+    sections: list[Section]
+    images: list[ImageItem] = dataclasses.field(default_factory=list)
+    ocr_pages: list[int] = dataclasses.field(default_factory=list)
+
+
+def is_image(content_type: str) -> bool:
+    """Whether a sniffed type is an image that :func:`extract_document` decodes."""
+    return content_type in IMAGE_TYPES
+
+
+def is_audio(content_type: str) -> bool:
+    """Whether a sniffed type is audio, for the audio extractor."""
+    return content_type in AUDIO_TYPES
+
+
+def extract_document(data: bytes, path: str, content_type: str = "", *, pdf: PdfExtractor | None = None,
+                     images: ImageExtractor | None = None) -> Extracted:
+    """Sniff a file's type and extract its text sections and its pictures.
+
+    Args:
+        data: the file's bytes.
+        path: the document's relative path (its extension is a hint; the bytes win).
+        content_type: the declared MIME type, or ``""``.
+        pdf, images: the extractors to use (their limits); the defaults otherwise.
+
+    Returns:
+        An :class:`Extracted` with at least one section or one picture.
+
+    Raises:
+        ExtractionError: ``empty_file``; ``unsupported_type`` for audio and other types without an extractor here;
+            and the reasons of each extractor (see the module docstring).
+    """
+    if not data:
+        raise ExtractionError("empty_file", f"{path} has 0 bytes")
+    sniffed = sniff_content_type(data, path, content_type)
+    if sniffed in IMAGE_TYPES:
+        global _IMAGES
+        if images is None:
+            from pipelines.extract.image import ImageExtractor
+
+            images = _IMAGES = _IMAGES or ImageExtractor()
+        return Extracted(sniffed, [], [images.extract(data, path)])
+    if sniffed == APPLICATION_PDF:
+        content = (pdf or _EXTRACTORS[APPLICATION_PDF]).extract_content(data, path)
+        return Extracted(sniffed, content.sections, content.images, content.ocr_pages)
+    extractor = _EXTRACTORS.get(sniffed)
+    if extractor is None:
+        kind = "audio, for the audio extractor" if sniffed in AUDIO_TYPES else "a type without an extractor"
+        raise ExtractionError("unsupported_type", f"{path} is {sniffed} ({kind})")
+    return Extracted(sniffed, extractor.extract(data, path))
 
 
 def extract_sections(data: bytes, path: str, content_type: str = "") -> tuple[str, list[Section]]:

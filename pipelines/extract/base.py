@@ -1,8 +1,9 @@
 """What every extractor returns, and how a file's content type is decided.
 
 Inputs: the raw bytes of one document version, its relative path and, optionally, the content type the uploader
-declared. Output of every extractor: a list of :class:`Section` (one per PDF page, or one for a whole text file),
-which the chunker turns into chunks.
+declared. Output of every text extractor: a list of :class:`Section` (one per PDF page, or one for a whole text
+file), which the chunker turns into chunks; the image extractor (``pipelines.extract.image``) gives image items,
+and a PDF gives both (``pipelines.extract.pdf.PdfContent``).
 
 The content type is decided by what the bytes *are* before what the name or the uploader *says*, so a file whose
 extension lies is handled by its content (WHATWG MIME Sniffing, https://mimesniff.spec.whatwg.org/, sections 7.1
@@ -16,13 +17,32 @@ import mimetypes
 import posixpath
 import re
 
-#: The content types that ``pipelines.extract`` turns into text.
+#: The content types that ``pipelines.extract`` turns into text sections (``extract_sections``).
 TEXT_PLAIN = "text/plain"
 TEXT_MARKDOWN = "text/markdown"
 TEXT_HTML = "text/html"
 APPLICATION_PDF = "application/pdf"
 OCTET_STREAM = "application/octet-stream"
 SUPPORTED_TYPES = frozenset({TEXT_PLAIN, TEXT_MARKDOWN, TEXT_HTML, APPLICATION_PDF})
+#: Text types: only these are trusted from a declared ``Content-Type`` (a media type must show its magic bytes).
+TEXT_TYPES = frozenset({TEXT_PLAIN, TEXT_MARKDOWN, TEXT_HTML})
+
+#: Raster images that ``pipelines.extract.image`` decodes (Pillow), and their magic numbers below.
+IMAGE_PNG = "image/png"
+IMAGE_JPEG = "image/jpeg"
+IMAGE_WEBP = "image/webp"
+IMAGE_TIFF = "image/tiff"
+IMAGE_GIF = "image/gif"
+IMAGE_TYPES = frozenset({IMAGE_PNG, IMAGE_JPEG, IMAGE_WEBP, IMAGE_TIFF, IMAGE_GIF})
+
+#: Audio containers for the audio extractor (``pipelines.extract.audio``): RIFF/WAVE (and RF64), FLAC, Ogg
+#: (Vorbis, Opus, FLAC in Ogg), MPEG audio (an ID3v2 tag, or a valid MPEG frame header followed by a second one).
+AUDIO_WAV = "audio/wav"
+AUDIO_FLAC = "audio/flac"
+AUDIO_OGG = "audio/ogg"
+AUDIO_MPEG = "audio/mpeg"
+AUDIO_MP4 = "audio/mp4"
+AUDIO_TYPES = frozenset({AUDIO_WAV, AUDIO_FLAC, AUDIO_OGG, AUDIO_MPEG, AUDIO_MP4})
 
 #: How many leading bytes the sniffers look at (WHATWG MIME Sniffing reads a 1445-byte resource header).
 SNIFF_BYTES = 1445
@@ -30,12 +50,14 @@ SNIFF_BYTES = 1445
 #: Byte signatures, checked in order against the start of the data: (prefix, MIME type).
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"%PDF-", APPLICATION_PDF),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
+    (b"\x89PNG\r\n\x1a\n", IMAGE_PNG),
+    (b"\xff\xd8\xff", IMAGE_JPEG),
+    (b"GIF87a", IMAGE_GIF),
+    (b"GIF89a", IMAGE_GIF),
+    (b"II*\x00", IMAGE_TIFF),
+    (b"MM\x00*", IMAGE_TIFF),
+    (b"II+\x00", IMAGE_TIFF),  # BigTIFF
+    (b"MM\x00+", IMAGE_TIFF),
     (b"PK\x03\x04", "application/zip"),
     (b"PK\x05\x06", "application/zip"),
     (b"PK\x07\x08", "application/zip"),
@@ -47,14 +69,26 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"7z\xbc\xaf\x27\x1c", "application/x-7z-compressed"),
     (b"\x28\xb5\x2f\xfd", "application/zstd"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "application/x-ole-storage"),
-    (b"OggS\x00", "audio/ogg"),
-    (b"fLaC", "audio/flac"),
-    (b"ID3", "audio/mpeg"),
+    (b"OggS\x00", AUDIO_OGG),
+    (b"fLaC", AUDIO_FLAC),
     (b"SQLite format 3\x00", "application/vnd.sqlite3"),
 )
 
-#: RIFF containers: bytes 8..12 name the format.
-_RIFF_FORMATS = {b"WAVE": "audio/wav", b"WEBP": "image/webp", b"AVI ": "video/x-msvideo"}
+#: RIFF containers (and RF64, the 64-bit WAVE of EBU Tech 3306): bytes 8..12 name the format.
+_RIFF_FORMATS = {b"WAVE": AUDIO_WAV, b"WEBP": IMAGE_WEBP, b"AVI ": "video/x-msvideo"}
+
+#: ISO base media files (``....ftyp<brand>``): brands that are not video (ISO/IEC 14496-12; the AVIF and HEIF
+#: specifications register ``avif``/``avis`` and ``heic``/``heix``/``mif1``).
+_FTYP_BRANDS = {b"M4A ": AUDIO_MP4, b"M4B ": AUDIO_MP4, b"avif": "image/avif", b"avis": "image/avif",
+                b"heic": "image/heic", b"heix": "image/heic", b"mif1": "image/heif"}
+
+#: MPEG audio frame headers (ISO/IEC 11172-3 2.4.2.3, 13818-3): kbit/s by bitrate index, for layer III of MPEG-1
+#: and of MPEG-2/2.5; samples per second by sample-rate index, for MPEG-1, 2 and 2.5.
+_MP3_BITRATES = {
+    1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MP3_SAMPLE_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 
 #: Extensions that name a type we extract, lower-case with the dot.
 _EXTENSIONS = {
@@ -97,26 +131,34 @@ class Section:
 def sniff_content_type(data: bytes, path: str, declared: str = "") -> str:
     """Decide a file's MIME type from its bytes, then its extension, then the declared type.
 
-    The order: (1) magic numbers at the start of the bytes (PDF, PNG, JPEG, GIF, TIFF, ZIP, ELF, gzip, WAV, ...);
-    (2) HTML markup at the start (``<!doctype html`` or ``<html`` in the first bytes of a document that begins
-    with ``<``); (3) the extension (``.md``/``.markdown`` → Markdown, ``.txt`` → plain text, ``.htm``/``.html``
-    → HTML, ``.pdf`` → PDF); (4) the declared type when it is one we extract; (5) plain text when the bytes look
-    like text; (6) the type the extension suggests (``mimetypes``), the declared type, or
-    ``application/octet-stream``.
+    The order: (1) magic numbers at the start of the bytes (PDF; PNG, JPEG, GIF, TIFF, WebP; WAV, FLAC, Ogg,
+    MP3 with an ID3v2 tag or two valid MPEG layer III frame headers; ZIP, ELF, gzip, ...); (2) HTML markup at the
+    start (``<!doctype html`` or ``<html`` in the first bytes of a document that begins with ``<``); (3) the
+    extension (``.md``/``.markdown`` → Markdown, ``.txt`` → plain text, ``.htm``/``.html`` → HTML, ``.pdf`` →
+    PDF); (4) the declared type when it is a text type (``TEXT_TYPES``: a declared image or audio type is not
+    believed without its magic bytes); (5) plain text when the bytes look like text; (6) the type the extension
+    suggests (``mimetypes``), the declared type, or ``application/octet-stream``.
+
+    So a file whose extension lies is decided by its bytes: PNG bytes named ``notes.txt`` are ``image/png``, a
+    PDF named ``photo.png`` is ``application/pdf``, and text named ``song.mp3`` is ``text/plain``.
 
     Args:
-        data: the file's bytes (only the first ``SNIFF_BYTES`` are read).
+        data: the file's bytes (the first ``SNIFF_BYTES`` are read; past an ID3v2 tag, the 4 bytes after it).
         path: the document's relative path; only its extension is used.
         declared: the ``Content-Type`` the uploader gave, parameters allowed (``text/html; charset=utf-8``), or
             ``""``.
 
     Returns:
-        A lower-case MIME type without parameters: one of ``text/plain``, ``text/markdown``, ``text/html``,
-        ``application/pdf`` (see ``SUPPORTED_TYPES``), or another type, which no extractor here handles (e.g.
-        ``image/png``, ``application/octet-stream``).
+        A lower-case MIME type without parameters: a text type or ``application/pdf`` (``SUPPORTED_TYPES``), an
+        image type (``IMAGE_TYPES``), an audio type (``AUDIO_TYPES``), or another type, which no extractor here
+        handles (e.g. ``application/zip``, ``application/octet-stream``).
     """
     head = data[:SNIFF_BYTES]
     magic = _sniff_magic(head)
+    if magic is None and head.startswith(b"ID3"):
+        magic = _sniff_after_id3(data)
+    if magic is None and _mpeg_audio_frames(head):
+        magic = AUDIO_MPEG
     if magic is not None:
         return magic
     if _looks_like_html(head):
@@ -125,7 +167,7 @@ def sniff_content_type(data: bytes, path: str, declared: str = "") -> str:
     if extension in _EXTENSIONS:
         return _EXTENSIONS[extension]
     declared_type = declared.split(";", 1)[0].strip().lower()
-    if declared_type in SUPPORTED_TYPES:
+    if declared_type in TEXT_TYPES:
         return declared_type
     if looks_like_text(head):
         return TEXT_PLAIN
@@ -200,16 +242,50 @@ def _sniff_magic(head: bytes) -> str | None:
     for prefix, mime in _MAGIC:
         if head.startswith(prefix):
             return mime
-    if head.startswith(b"RIFF") and len(head) >= 12:
-        return _RIFF_FORMATS.get(head[8:12], "application/octet-stream")
+    if head.startswith((b"RIFF", b"RF64")) and len(head) >= 12:
+        return _RIFF_FORMATS.get(head[8:12], OCTET_STREAM)
     if len(head) >= 12 and head[4:8] == b"ftyp":
-        return "video/mp4"
+        return _FTYP_BRANDS.get(head[8:12], "video/mp4")
     # A PDF may have bytes before its header; readers accept it within the first 1024 bytes (PDF 32000-1,
     # annex H.3). Only do so when what precedes is whitespace, so a text about PDFs stays text.
     stripped = head.lstrip(b" \t\r\n\x00\x0c")
     if stripped.startswith(b"%PDF-"):
         return APPLICATION_PDF
     return None
+
+
+def _sniff_after_id3(data: bytes) -> str:
+    """An ID3v2 tag (ID3v2.4 section 3.1: a 10-byte header whose last 4 bytes are a 28-bit "synchsafe" size) may
+    precede FLAC as well as MPEG audio: look past it."""
+    if len(data) >= 10:
+        size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F)
+        end = 10 + size + (10 if data[5] & 0x10 else 0)  # a footer follows when flag bit 4 is set
+        if data[end : end + 4] == b"fLaC":
+            return AUDIO_FLAC
+    return AUDIO_MPEG
+
+
+def _mpeg_frame_length(header: bytes) -> int:
+    """The length in bytes of the MPEG layer III frame that starts with these 4 bytes, or 0 when they are not the
+    header of one (frame sync of 11 set bits, a known version, layer III, a real bitrate and sample rate)."""
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return 0
+    version = (header[1] >> 3) & 3  # 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5, 1: reserved
+    layer = (header[1] >> 1) & 3  # 1: layer III
+    bitrate_index, rate_index = header[2] >> 4, (header[2] >> 2) & 3
+    if version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
+        return 0
+    bitrate = _MP3_BITRATES[1 if version == 3 else 2][bitrate_index] * 1000
+    sample_rate = _MP3_SAMPLE_RATES[version][rate_index]
+    padding = (header[2] >> 1) & 1
+    return (144 if version == 3 else 72) * bitrate // sample_rate + padding
+
+
+def _mpeg_audio_frames(head: bytes) -> bool:
+    """Whether the data starts with an MPEG layer III frame that is followed by another (as WHATWG MIME Sniffing
+    6.2.3, "signature for MP3 without ID3", checks), so two random bytes ``FF Fx`` are not taken for audio."""
+    length = _mpeg_frame_length(head[:4])
+    return length > 0 and _mpeg_frame_length(head[length : length + 4]) > 0
 
 
 def _looks_like_html(head: bytes) -> bool:

@@ -1,25 +1,36 @@
-"""PDF: the text layer of each page, as one :class:`Section` per page, with PDFium (pypdfium2).
+"""PDF: the text layer of each page, as one :class:`Section` per page, and its pictures, with PDFium (pypdfium2).
 
-Input: the raw bytes of an ``application/pdf`` file. Output: ``[Section(text, page=n), ...]`` with ``n`` 1-based,
-in page order, pages without text left out.
+Input: the raw bytes of an ``application/pdf`` file. Output of :meth:`PdfExtractor.extract`: ``[Section(text,
+page=n), ...]`` with ``n`` 1-based, in page order, pages without text left out. Output of
+:meth:`PdfExtractor.extract_content`: a :class:`PdfContent` with those sections and the page's pictures as
+:class:`pipelines.extract.image.ImageItem`: each embedded image object (``source="pdf_embedded"``, its place on the
+page in ``page_box``), and, for a page without a text layer (a scan), the whole page rendered
+(``source="pdf_page"``) for OCR, so a scanned PDF is never indexed with zero chunks.
 
 The text of a page is normalised (:func:`normalise_page_text`): line-end hyphens joined ("extrac-\\ntion" →
 "extraction"), the lines of a paragraph reflowed into one, runs of spaces collapsed, paragraph breaks kept as a
 blank line, and a running header (the same first line on most pages) and a bare page number as the last line
-dropped. Scanned pages (images without a text layer) give no text: OCR is not enabled here.
+dropped. :meth:`PdfExtractor.extract` gives no text for scanned pages; :meth:`PdfExtractor.extract_content` renders
+them (``PdfPage.render``) for the OCR of the image stage.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import re
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
 from core.errors import ExtractionError
 from pipelines.extract.base import Section
+
+if TYPE_CHECKING:
+    from pipelines.extract.image import ImageItem
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +48,45 @@ _BULLET = re.compile(r"^(?:[\u2022\u25e6\u25aa\u2023\u2043\u2219*\-\u2013]\s|\(?
 _PAGE_NUMBER = re.compile(r"^(?:page\s+)?\d{1,5}(?:\s*(?:/|of)\s*\d{1,5})?$", re.IGNORECASE)
 _SENTENCE_END = ".!?:;\u3002\uff01\uff1f"
 
+#: An embedded image smaller than this on either side (pixels) is decoration (a bullet, a rule, an icon): skipped.
+MIN_IMAGE_SIDE_PX = 32
+#: At most this many embedded images are kept from one page, and from one document.
+MAX_IMAGES_PER_PAGE = 32
+MAX_IMAGES_PER_DOCUMENT = 256
+#: A page is rendered for OCR at this resolution (dots per inch), unless its longer side would exceed
+#: ``RENDER_MAX_SIDE_PX`` pixels (RapidOCR scales a picture down to 2000 pixels for detection anyway).
+RENDER_DPI = 200
+RENDER_MAX_SIDE_PX = 2000
+#: A page whose text layer has fewer characters than this, and whose largest image covers at least
+#: ``SCAN_COVERAGE`` of it, is a scan with a stray text (a stamped page number): it is rendered and OCR'd too.
+MIN_PAGE_TEXT_CHARS = 16
+SCAN_COVERAGE = 0.5
+#: Embedded images with more pixels are skipped (``pipelines.extract.image.DEFAULT_MAX_PIXELS``; Pillow is only
+#: imported when pictures are extracted, so the text path does not need it).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+@dataclasses.dataclass
+class PdfContent:
+    """Everything :meth:`PdfExtractor.extract_content` found in a PDF.
+
+    Attributes:
+        sections: the text layer, one :class:`Section` per page with text (as :meth:`PdfExtractor.extract`).
+        images: embedded pictures and rendered scanned pages, in page order, ``index`` 0..n-1.
+        page_count: pages in the document.
+        ocr_pages: 1-based numbers of the pages rendered for OCR (no text layer, or a scan with a stray text).
+        skipped_images: embedded images left out (too small, too large, repeated, undecodable, over the caps).
+    """
+
+    sections: list[Section]
+    images: list[ImageItem]
+    page_count: int
+    ocr_pages: list[int] = dataclasses.field(default_factory=list)
+    skipped_images: int = 0
+
 
 class PdfExtractor:
-    """Extract the text layer of a PDF, one section per page.
+    """Extract the text layer of a PDF, one section per page, and (:meth:`extract_content`) its pictures.
 
     Stateless and cheap to build. PDFium is not thread-safe; pypdfium2 serialises calls into it, so one instance
     may be shared, but throughput comes from processes (Ray workers), not threads.
@@ -47,10 +94,20 @@ class PdfExtractor:
     Args:
         drop_running_headers: drop a first line that repeats on most pages, and a last line that is a bare page
             number.
+        embedded_images: :meth:`extract_content` returns the embedded images (at least ``MIN_IMAGE_SIDE_PX`` a
+            side, each distinct picture once, at most ``MAX_IMAGES_PER_PAGE`` a page and
+            ``MAX_IMAGES_PER_DOCUMENT`` in all).
+        render_scans: :meth:`extract_content` renders each page without a text layer (that draws anything) at
+            ``RENDER_DPI``, its longer side at most ``RENDER_MAX_SIDE_PX`` pixels.
+        max_pixels: embedded images with more pixels are skipped (a decompression bomb inside a PDF).
     """
 
-    def __init__(self, *, drop_running_headers: bool = True) -> None:
+    def __init__(self, *, drop_running_headers: bool = True, embedded_images: bool = True, render_scans: bool = True,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.drop_running_headers = drop_running_headers
+        self.embedded_images = embedded_images
+        self.render_scans = render_scans
+        self.max_pixels = max_pixels
 
     def extract(self, data: bytes, path: str) -> list[Section]:
         """Extract every page that has text.
@@ -67,24 +124,11 @@ class PdfExtractor:
                 ``pdf_corrupt`` when PDFium cannot open it or it has no pages; ``pdf_no_text`` when no page has a
                 text layer (a scanned document: OCR is not enabled).
         """
-        if not data:
-            raise ExtractionError("empty_file", f"{path} has 0 bytes")
+        document = _open(data, path)
         try:
-            document = pdfium.PdfDocument(data)
-        except pdfium.PdfiumError as exc:
-            if getattr(exc, "err_code", None) == pdfium_c.FPDF_ERR_PASSWORD:
-                raise ExtractionError("pdf_encrypted", f"{path} is encrypted and needs a password") from exc
-            raise ExtractionError("pdf_corrupt", f"{path} cannot be opened: {exc}") from exc
-        try:
-            raw_pages = self._page_texts(document, path)
+            pages = self._normalised_pages(document, path)
         finally:
             document.close()
-        if not raw_pages:
-            raise ExtractionError("pdf_corrupt", f"{path} has no readable pages")
-        page_lines = [_page_lines(text) for text in raw_pages]
-        if self.drop_running_headers:
-            _drop_running_lines(page_lines)
-        pages = [_reflow(lines) for lines in page_lines]
         sections = [Section(text=text, page=number) for number, text in enumerate(pages, start=1) if text.strip()]
         if not sections:
             raise ExtractionError(
@@ -92,6 +136,118 @@ class PdfExtractor:
                 f"none of the {len(pages)} pages of {path} has a text layer; OCR of scanned pages is not enabled",
             )
         return sections
+
+    def extract_content(self, data: bytes, path: str) -> PdfContent:
+        """Extract the text layer and the pictures: embedded images, and renders of pages without text.
+
+        Args:
+            data: the file's bytes.
+            path: the document's relative path (used in error details only).
+
+        Returns:
+            The :class:`PdfContent`; it has at least one section or one image (a page without text is rendered).
+
+        Raises:
+            ExtractionError: ``empty_file``, ``pdf_encrypted``, ``pdf_corrupt`` (as :meth:`extract`);
+                ``pdf_render_failed`` when a page that needs rendering (no text layer) cannot be loaded or rendered,
+                since indexing the rest would leave that page silently out; ``pdf_no_text`` when no page has text
+                and rendering is switched off (``render_scans=False``).
+        """
+        document = _open(data, path)
+        try:
+            pages = self._normalised_pages(document, path)
+            content = PdfContent(sections=[], images=[], page_count=len(pages))
+            seen: set[str] = set()
+            for number, text in enumerate(pages, start=1):
+                if text.strip():
+                    content.sections.append(Section(text=text, page=number))
+                self._page_pictures(document, number, text, path, content, seen)
+        finally:
+            document.close()
+        if not content.sections and not content.images:
+            raise ExtractionError("pdf_no_text", f"none of the {len(pages)} pages of {path} has a text layer or a picture")
+        return content
+
+    def _page_pictures(self, document: pdfium.PdfDocument, number: int, text: str, path: str,
+                       content: PdfContent, seen: set[str]) -> None:
+        """Add the pictures of page ``number`` to ``content``: its render when it is a scan, else its images."""
+        from pipelines.extract.image import ImageItem, to_rgb
+
+        scanned = len(text.strip()) < MIN_PAGE_TEXT_CHARS
+        if not scanned and not self.embedded_images:
+            return
+        page = None
+        try:
+            page = document[number - 1]
+            images = list(page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=4))
+            width, height = page.get_size()
+            if scanned and text.strip():  # a little text: a scan only when a picture covers most of the page
+                scanned = any(_area(image.get_bounds()) >= SCAN_COVERAGE * width * height for image in images)
+            elif scanned and pdfium_c.FPDFPage_CountObjects(page) == 0:
+                return  # a blank page: nothing to render
+            if scanned and self.render_scans:
+                scale = min(RENDER_DPI / 72.0, RENDER_MAX_SIDE_PX / max(width, height, 1.0))
+                picture = page.render(scale=scale).to_pil()
+                content.images.append(ImageItem(image=to_rgb(picture), source="pdf_page", page=number,
+                                                index=len(content.images), content_type="image/x-pdf-render",
+                                                page_box=(0.0, 0.0, float(width), float(height))))
+                content.ocr_pages.append(number)
+                return
+            if not self.embedded_images:
+                return
+            for image in images[:MAX_IMAGES_PER_PAGE]:
+                full = len(content.images) >= MAX_IMAGES_PER_DOCUMENT
+                item = None if full else self._embedded(image, number, path, len(content.images), seen)
+                if item is None:
+                    content.skipped_images += 1
+                else:
+                    content.images.append(item)
+            content.skipped_images += max(0, len(images) - MAX_IMAGES_PER_PAGE)
+        except Exception as exc:  # noqa: BLE001 - PDFium and Pillow raise many types on a broken page
+            if scanned and self.render_scans:
+                raise ExtractionError("pdf_render_failed", f"page {number} of {path} cannot be rendered: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+            logger.warning("the images of page %d of %s are unreadable: %s", number, path, exc)
+        finally:
+            if page is not None:
+                page.close()
+
+    def _embedded(self, image: pdfium.PdfImage, number: int, path: str, index: int, seen: set[str]) -> ImageItem | None:
+        """One embedded image as an item, or ``None`` when it is skipped (logged at debug level)."""
+        from pipelines.extract.image import ImageItem, to_rgb
+
+        try:
+            px_width, px_height = image.get_px_size()
+            if min(px_width, px_height) < MIN_IMAGE_SIDE_PX or px_width * px_height > self.max_pixels:
+                logger.debug("page %d of %s: image of %dx%d pixels skipped", number, path, px_width, px_height)
+                return None
+            try:  # rendered: the image's matrix (a flip, a rotation) and soft mask applied, at its own resolution
+                bitmap = image.get_bitmap(render=True)
+            except pdfium.PdfiumError:
+                bitmap = image.get_bitmap(render=False)
+            picture = to_rgb(bitmap.to_pil())
+        except Exception as exc:  # noqa: BLE001 - an undecodable image (JBIG2 without support...) is skipped
+            logger.warning("page %d of %s: an embedded image is unreadable: %s", number, path, exc)
+            return None
+        if picture.width * picture.height > self.max_pixels:
+            return None
+        digest = hashlib.blake2b(picture.tobytes(), digest_size=16).hexdigest()
+        if digest in seen:  # the same picture on many pages (a logo): indexed once, on its first page
+            return None
+        seen.add(digest)
+        left, bottom, right, top = image.get_bounds()
+        return ImageItem(image=picture, source="pdf_embedded", page=number, index=index,
+                         content_type="image/x-pdf-bitmap", page_box=(left, bottom, right, top))
+
+    def _normalised_pages(self, document: pdfium.PdfDocument, path: str) -> list[str]:
+        """The normalised text of every page (``""`` for a page without text), running headers dropped."""
+        raw_pages = self._page_texts(document, path)
+        if not raw_pages:
+            raise ExtractionError("pdf_corrupt", f"{path} has no readable pages")
+        page_lines = [_page_lines(text) for text in raw_pages]
+        if self.drop_running_headers:
+            _drop_running_lines(page_lines)
+        return [_reflow(lines) for lines in page_lines]
 
     @staticmethod
     def _page_texts(document: pdfium.PdfDocument, path: str) -> list[str]:
@@ -115,6 +271,22 @@ class PdfExtractor:
         if texts and failed == len(texts):
             raise ExtractionError("pdf_corrupt", f"none of the {failed} pages of {path} can be read")
         return texts
+
+
+def _open(data: bytes, path: str) -> pdfium.PdfDocument:
+    if not data:
+        raise ExtractionError("empty_file", f"{path} has 0 bytes")
+    try:
+        return pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        if getattr(exc, "err_code", None) == pdfium_c.FPDF_ERR_PASSWORD:
+            raise ExtractionError("pdf_encrypted", f"{path} is encrypted and needs a password") from exc
+        raise ExtractionError("pdf_corrupt", f"{path} cannot be opened: {exc}") from exc
+
+
+def _area(bounds: tuple[float, float, float, float]) -> float:
+    left, bottom, right, top = bounds
+    return max(0.0, right - left) * max(0.0, top - bottom)
 
 
 def normalise_page_text(text: str) -> str:
