@@ -84,6 +84,19 @@ class Settings(BaseSettings):
     delete_objects: bool = False
 
     # Other modalities and embedding providers.
+    #: OCR engine for images and scanned PDF pages: ``rapidocr`` (ONNX models in the wheel), ``tesseract``, ``none``.
+    ocr_engine: str = Field(default="rapidocr", pattern="^(rapidocr|tesseract|none)$")
+    #: Images with more pixels than this are refused as decompression bombs (reason ``image_bomb``).
+    image_max_pixels: int = Field(default=64_000_000, ge=1)
+    #: An image whose longest side exceeds this (pixels) is also cut into tiles of ``image_tile_px``.
+    image_large_px: int = Field(default=1536, ge=64)
+    image_tile_px: int = Field(default=1024, ge=64)
+    image_max_tiles: int = Field(default=16, ge=0)
+    #: Actors of the image stage (OCR + CLIP) and of the audio stage (ASR); 0: derived from the cluster.
+    image_actors: int = Field(default=0, ge=0)
+    audio_actors: int = Field(default=0, ge=0)
+    #: Longest audio accepted, seconds (reason ``audio_too_long`` past it).
+    max_audio_seconds: float = Field(default=2 * 3600.0, gt=0)
     #: Base URL of an Ollama server for ``ollama:<model>`` embedding specs.
     ollama_url: str = "http://127.0.0.1:11434"
 

@@ -21,8 +21,11 @@ class Document:
         document_id: ``core.ids.document_id(tenant, path)``.
         tenant: the owner; every query is filtered by it.
         path: the NFC, ``/``-separated relative path.
-        latest_version: the newest version number (1-based), 0 before the first.
-        deleted: whether the document was deleted.
+        latest_version: the version search shows (1-based), 0 while none is (before the first version is indexed,
+            and after a delete). It only advances when a version is committed or restored.
+        deleted: whether the document was deleted (its rows are kept; new bytes at the path make a new version).
+        head_version: the newest content of the path: the version the next ingest indexes and the one new bytes
+            are compared with (a restore moves it back to the restored version). 0 before the first.
     """
 
     document_id: str
@@ -30,6 +33,7 @@ class Document:
     path: str
     latest_version: int = 0
     deleted: bool = False
+    head_version: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,10 @@ class Version:
         content_type: a MIME type, or ``""`` when unknown (the extractor sniffs the bytes).
         status: ``pending``, ``indexing``, ``indexed``, ``failed`` or ``superseded``.
         etag: the S3 ETag seen when the version was registered (lets ``--scan`` skip unchanged objects).
+        chunk_count: chunks (= points) of the version once indexed; kept while its points are retained.
+        error: ``"reason: detail"`` of the last failure. created_at: when it was registered.
+        written_count: points written for the version before it was committed (``None`` otherwise), so a run that
+            died after writing them all is finished without embedding again.
     """
 
     document_id: str
@@ -60,6 +68,7 @@ class Version:
     chunk_count: int | None = None
     error: str | None = None
     created_at: datetime | None = None
+    written_count: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,8 @@ INDEXED_FIELDS = {
     "path": models.PayloadSchemaType.KEYWORD,
     "dirs": models.PayloadSchemaType.KEYWORD,
     "version": models.PayloadSchemaType.INTEGER,
+    "content_type": models.PayloadSchemaType.KEYWORD,
+    "created_at": models.PayloadSchemaType.DATETIME,
 }
 
 
@@ -127,6 +129,35 @@ def tenant_filter(tenant: str, *, extra: Sequence[models.Condition] = (), latest
     return models.Filter(must=must)
 
 
+def one_version_per_document(points: Sequence[Any]) -> list[Any]:
+    """Keep, for each document, only the points of the highest version among ``points`` (order preserved).
+
+    This is the search side of the version switch (:meth:`VectorStore.set_latest`): while the flags move, the old
+    and the new version are both ``is_latest`` for a moment, and an answer must never mix them. Points without a
+    ``document_id``/``version`` payload are kept as they are.
+    """
+    top: dict[str, int] = {}
+    for p in points:
+        payload = getattr(p, "payload", None) or {}
+        doc, version = payload.get("document_id"), payload.get("version")
+        if doc is not None and isinstance(version, int):
+            top[doc] = max(top.get(doc, version), version)
+    return [
+        p
+        for p in points
+        if (getattr(p, "payload", None) or {}).get("document_id") not in top
+        or (p.payload or {}).get("version") == top[p.payload["document_id"]]
+    ]
+
+
+def _document(document_id: str) -> models.FieldCondition:
+    return models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))
+
+
+def _version(version: int) -> models.FieldCondition:
+    return models.FieldCondition(key="version", match=models.MatchValue(value=int(version)))
+
+
 class VectorStore:
     """High-level operations on the Sluice collection.
 
@@ -157,8 +188,11 @@ class VectorStore:
             self._client = make_client(self.settings)
         return self._client
 
-    def ensure_collection(self, text_dim: int) -> None:
+    def ensure_collection(self, text_dim: int) -> bool:
         """Create the collection and its payload indexes when missing; check the dense dimension when present.
+
+        Returns:
+            ``True`` when the collection was created by this call.
 
         Args:
             text_dim: the text model's embedding dimension (e.g. 384 for all-MiniLM-L6-v2).
@@ -184,9 +218,10 @@ class VectorStore:
                 raise ConfigurationError(
                     f"collection {self.collection!r} has a {TEXT_VECTOR!r} vector of dimension "
                     f"{getattr(have, 'size', None)}, but the text model gives {text_dim}: use another "
-                    "SLUICE_QDRANT_COLLECTION for the new model and re-index into it"
+                    "SLUICE_QDRANT_COLLECTION for the new model and re-index into it: "
+                    "python -m jobs.reindex --collection NEW"
                 )
-            return
+            return False
         self.client.create_collection(
             self.collection,
             vectors_config={TEXT_VECTOR: models.VectorParams(size=text_dim, distance=models.Distance.COSINE)},
@@ -195,6 +230,7 @@ class VectorStore:
         for field, schema in INDEXED_FIELDS.items():
             self.client.create_payload_index(self.collection, field_name=field, field_schema=schema)
         logger.info("created collection %s (text dim %d)", self.collection, text_dim)
+        return True
 
     def upsert(self, points: Sequence[models.PointStruct]) -> None:
         """Write points (idempotent: point ids are deterministic), waiting until they are applied."""
@@ -204,6 +240,117 @@ class VectorStore:
     def delete(self, flt: models.Filter) -> None:
         """Delete every point matching ``flt``."""
         self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
+
+    def set_latest(self, document_id: str, version: int) -> None:
+        """Make ``version`` the document's searchable version: its points ``is_latest`` true, every other false.
+
+        One ordered batch: first the new version's flags go up, then the others' go down. Qdrant applies a batch's
+        operations in order but gives readers no multi-operation isolation, so between the two a search may see
+        both versions (never neither); :func:`one_version_per_document`, applied by :meth:`query`, keeps one of
+        them in any answer. The embedded store runs each call alone in its actor, so there the batch is atomic.
+        Idempotent: running it again after a crash repairs the flags.
+        """
+        doc = _document(document_id)
+        self.client.batch_update_points(
+            self.collection,
+            update_operations=[
+                models.SetPayloadOperation(
+                    set_payload=models.SetPayload(payload={"is_latest": True}, filter=models.Filter(must=[doc, _version(version)]))
+                ),
+                models.SetPayloadOperation(
+                    set_payload=models.SetPayload(
+                        payload={"is_latest": False}, filter=models.Filter(must=[doc], must_not=[_version(version)])
+                    )
+                ),
+            ],
+            wait=True,
+        )
+
+    def switch_latest(self, changes: Sequence[tuple[str, int, int]], *, group: int = 1000) -> None:
+        """:meth:`set_latest` for many documents whose flags are in a known state, in few filter operations.
+
+        Args:
+            changes: ``(document_id, new_version, old_version)``: the points of ``new_version`` go up (they were
+                written with ``is_latest`` false), then those of ``old_version`` go down (0: no version was shown).
+            group: documents per filter (the embedded store evaluates each filter over every point, so a first
+                ingest of many documents is one operation per ``group`` documents, not one per document).
+
+        The order is the same as :meth:`set_latest`'s: every raise before any lowering, in one batch.
+        """
+        by_version: dict[int, list[str]] = {}
+        for doc, new, _ in changes:
+            by_version.setdefault(int(new), []).append(doc)
+        ops: list[Any] = []
+        for version, docs in sorted(by_version.items()):
+            for start in range(0, len(docs), group):
+                flt = models.Filter(
+                    must=[models.FieldCondition(key="document_id", match=models.MatchAny(any=docs[start : start + group])),
+                          _version(version)]
+                )
+                ops.append(models.SetPayloadOperation(set_payload=models.SetPayload(payload={"is_latest": True}, filter=flt)))
+        for doc, new, old in changes:
+            if old and old != new:
+                flt = models.Filter(must=[_document(doc), _version(old)])
+                ops.append(models.SetPayloadOperation(set_payload=models.SetPayload(payload={"is_latest": False}, filter=flt)))
+        for start in range(0, len(ops), 256):
+            self.client.batch_update_points(self.collection, update_operations=ops[start : start + 256], wait=True)
+
+    def delete_document(self, document_id: str) -> None:
+        """Delete every point of a document, every version and every named vector (one call)."""
+        self.delete(models.Filter(must=[_document(document_id)]))
+
+    def delete_versions(self, document_id: str, versions: Sequence[int]) -> None:
+        """Delete every point of the given versions of a document."""
+        if versions:
+            self.delete(
+                models.Filter(
+                    must=[
+                        _document(document_id),
+                        models.FieldCondition(key="version", match=models.MatchAny(any=[int(v) for v in versions])),
+                    ]
+                )
+            )
+
+    def delete_versions_except(self, document_id: str, keep: Sequence[int]) -> None:
+        """Delete every point of a document whose version is not in ``keep`` (retention, orphans)."""
+        flt = models.Filter(must=[_document(document_id)])
+        if keep:
+            flt.must_not = [models.FieldCondition(key="version", match=models.MatchAny(any=[int(v) for v in keep]))]
+        self.delete(flt)
+
+    def delete_chunks_from(self, document_id: str, version: int, chunk_count: int) -> None:
+        """Delete the points of one version whose ``chunk_index`` is ``chunk_count`` or more (left by a longer run)."""
+        self.delete(
+            models.Filter(
+                must=[
+                    _document(document_id),
+                    _version(version),
+                    models.FieldCondition(key="chunk_index", range=models.Range(gte=chunk_count)),
+                ]
+            )
+        )
+
+    def version_census(self, flt: models.Filter | None = None) -> dict[tuple[str, int], dict[str, int]]:
+        """Per ``(document_id, version)``: ``points``, ``latest`` (how many are ``is_latest``) and ``max_chunk``.
+
+        Reads payloads only (``document_id``, ``version``, ``is_latest``, ``chunk_index``), page by page.
+        """
+        census: dict[tuple[str, int], dict[str, int]] = {}
+        offset = None
+        fields = ["document_id", "version", "is_latest", "chunk_index", "tenant"]
+        while True:
+            records, offset = self.client.scroll(
+                self.collection, scroll_filter=flt, limit=1024, offset=offset, with_payload=fields, with_vectors=False
+            )
+            for r in records:
+                p = r.payload or {}
+                key = (str(p.get("document_id")), int(p.get("version", -1)))
+                entry = census.setdefault(key, {"points": 0, "latest": 0, "max_chunk": -1})
+                entry["points"] += 1
+                entry["latest"] += bool(p.get("is_latest"))
+                entry["max_chunk"] = max(entry["max_chunk"], int(p.get("chunk_index", -1)))
+            if offset is None:
+                return census
 
     def delete_stale(self, document_id: str, version: int, chunk_count: int) -> None:
         """Delete every point of a document except chunks ``0 .. chunk_count - 1`` of ``version``.
@@ -241,8 +388,12 @@ class VectorStore:
                 return
 
     def query(self, **kwargs: Any) -> list[models.ScoredPoint]:
-        """``QdrantClient.query_points`` on the collection; returns its points."""
-        return self.client.query_points(self.collection, **kwargs).points
+        """``QdrantClient.query_points`` on the collection; returns its points, one version per document.
+
+        The version fence (:func:`one_version_per_document`) drops the points of a document's other versions when
+        a query ran while that document's ``is_latest`` flags were being moved (see :meth:`set_latest`).
+        """
+        return one_version_per_document(self.client.query_points(self.collection, **kwargs).points)
 
     def check(self) -> None:
         """Fail fast when the store cannot be reached (raises ``ServiceUnavailableError``)."""

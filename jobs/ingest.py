@@ -7,7 +7,8 @@ Run it directly, or on a running cluster with::
 The last line of standard output is one JSON object with ``documents_seen``, ``documents_indexed``,
 ``documents_unchanged``, ``documents_failed``, ``chunks_indexed`` and ``seconds`` (ARCHITECTURE.md, "Interfaces").
 Exit status: 0 when the run finished (even with failed documents: they are in ``dead_letters``), 2 when a service
-(S3, PostgreSQL, Qdrant, Ray) could not be reached or the configuration is wrong; the message names which.
+(S3, PostgreSQL, Qdrant, Redis, Ray) could not be reached or the configuration is wrong; the message names which.
+``--retry-failed`` first replays the dead letters (their failed versions become ``pending`` again).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ EXIT_INFRASTRUCTURE = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line of the contract: ``[--tenant T] [--prefix P] [--scan] [--force]``."""
+    """The command line of the contract: ``[--tenant T] [--prefix P] [--scan] [--force]``, and ``--retry-failed``."""
     parser = argparse.ArgumentParser(prog="python -m jobs.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--tenant", help="only this tenant's documents (default: every tenant)")
     parser.add_argument("--prefix", default="", help="only paths starting with this prefix")
     parser.add_argument("--scan", action="store_true", help="first register objects put into the bucket directly")
     parser.add_argument("--force", action="store_true", help="re-embed documents already indexed")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="first replay the dead letters: failed versions are queued again (replayed_at is set)")
     return parser.parse_args(argv)
 
 
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
         from pipelines.ingest import run_ingest
 
-        summary = run_ingest(settings, tenant=args.tenant, prefix=args.prefix, scan=args.scan, force=args.force)
+        summary = run_ingest(settings, tenant=args.tenant, prefix=args.prefix, scan=args.scan, force=args.force,
+                             retry_failed=args.retry_failed)
     except ServiceUnavailableError as exc:
         print(f"ingest failed: {exc.service} is unreachable: {exc.detail}", file=sys.stderr)
         print(json.dumps({"error": "service_unavailable", "service": exc.service, "detail": exc.detail}))

@@ -13,8 +13,9 @@ OBJECT_KEY = "object_key"
 CONTENT_TYPE = "content_type"
 SHA256 = "sha256"
 SIZE = "size"
+CREATED_AT = "created_at"  # when the version was registered: RFC 3339, UTC ("" when unknown)
 
-VERSION_COLUMNS = (DOCUMENT_ID, VERSION, TENANT, PATH, OBJECT_KEY, CONTENT_TYPE, SHA256, SIZE)
+VERSION_COLUMNS = (DOCUMENT_ID, VERSION, TENANT, PATH, OBJECT_KEY, CONTENT_TYPE, SHA256, SIZE, CREATED_AT)
 
 CHUNK_INDEX = "chunk_index"
 #: Chunks of the whole version (the same on each of its rows); the sink checks that all were written.

@@ -1,24 +1,40 @@
 """The ingest pipeline, wired: source → prepare (S3 read, extract, chunk, BM25) → embed → Qdrant sink → catalog.
 
-The driver claims the pending versions, runs one Ray Data dataset over them, and then records each version's
-outcome: ``indexed`` with its chunk count when every chunk was written (older versions' points are then removed and
-chunks left over from an earlier, longer run of the same version deleted), or ``failed`` with a ``dead_letters``
-row. A version is only marked ``indexed`` after its points are written, so a run that dies leaves it ``indexing``
-and the next run resumes it; point ids are deterministic, so a rewrite replaces instead of duplicating.
+The driver claims the head versions to index, runs one Ray Data dataset over them, and then records each
+version's outcome. What it guarantees (the README's "What you can rely on"):
+
+* **Versions**: points are written with ``is_latest`` false (true only when re-indexing the version search
+  already shows), so a version is invisible until committed; then ``core.lifecycle.commit_versions`` switches the
+  flags in an order that never shows two versions or none, commits the catalog (``latest_version``), and deletes
+  the points of versions beyond ``version_retention``. A failed version leaves the previous one searchable.
+* **Incremental**: only ``pending`` versions are claimed (``--force``: every head version), so a run over an
+  unchanged corpus embeds nothing (``chunks_embedded`` stays 0).
+* **Crash safety**: point ids are deterministic, so a rewrite replaces points instead of duplicating them; a
+  version left ``indexing`` by a dead run is resumed (first its flags are set back to what the catalog shows;
+  when every point was already written, ``written_count``, it is finished without embedding again), and chunks
+  past the new count are deleted. Ray Data restarts dead actors and retries their tasks (its defaults for actor
+  pools, ``max_restarts=-1`` and ``max_task_retries=-1``; write tasks retry ``WRITE_TASK_RETRIES`` times), and a
+  dataset that makes no progress for ``remote_call_timeout_s`` fails, so a run always ends.
+* **Deletes**: with ``--scan``, documents whose object left the bucket (in the scanned tenant and prefix) are
+  deleted as ``DELETE /v1/documents/{id}`` does (``core.lifecycle.delete_document``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import random
 import time
+from pathlib import Path
 
+from core import lifecycle
 from core.cache import Cache
 from core.catalog import Catalog, Claim
-from core.errors import ServiceUnavailableError
+from core.errors import ConfigurationError, ServiceUnavailableError
 from core.objects import ObjectStore
 from core.settings import Settings
-from core.vectorstore import VectorStore
+from core.vectorstore import TEXT_VECTOR, VectorStore
 from pipelines.embed.dense import model_dimension
 from pipelines.sink import QdrantDatasink, VersionOutcome
 from pipelines.source import ScanReport, scan_objects, version_row
@@ -27,11 +43,20 @@ logger = logging.getLogger(__name__)
 
 #: Document rows per prepare batch (one S3 read each; small so that big files spread over workers).
 PREPARE_BATCH_ROWS = 16
+#: Retries of a write task whose worker died (writes are idempotent: deterministic point ids).
+WRITE_TASK_RETRIES = 3
+#: Actors of one stage that may die in a row while starting before the run fails (a broken model, say).
+ACTOR_INIT_DEATHS = 3
 
 
 @dataclasses.dataclass
 class IngestSummary:
-    """The job's result; printed as the last line of ``jobs.ingest`` (the ARCHITECTURE.md contract fields first)."""
+    """The job's result; printed as the last line of ``jobs.ingest`` (the ARCHITECTURE.md contract fields first).
+
+    ``chunks_embedded`` counts the chunks this run embedded and wrote (0 over an unchanged corpus);
+    ``versions_resumed`` the versions a dead run had left ``indexing``; ``documents_deleted`` the documents whose
+    object left the bucket (``--scan``); ``dead_letters_replayed`` the failed versions ``--retry-failed`` queued.
+    """
 
     documents_seen: int = 0
     documents_indexed: int = 0
@@ -39,12 +64,69 @@ class IngestSummary:
     documents_failed: int = 0
     chunks_indexed: int = 0
     seconds: float = 0.0
+    chunks_embedded: int = 0
+    documents_deleted: int = 0
+    versions_resumed: int = 0
+    dead_letters_replayed: int = 0
     objects_scanned: int = 0
     objects_registered: int = 0
     objects_rejected: int = 0
     failures: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Wall-clock seconds of each phase: ``scan``, ``claim``, ``dataset`` (prepare, embed, write), ``record``.
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultInjection:
+    """A test-only hook: the worker process of a stage exits (``os._exit``) at random, like a crash.
+
+    Never set in production; ``run_ingest`` takes it as an explicit argument only.
+
+    Attributes:
+        stage: ``"prepare"`` or ``"embed"``. exit_probability: chance that one call of the stage kills its process.
+        max_exits: at most this many exits in all (counted by marker files in ``marker_dir``, shared by every node
+            of a one-machine cluster), so the run can finish.
+    """
+
+    stage: str
+    exit_probability: float
+    max_exits: int
+    marker_dir: str
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("prepare", "embed"):
+            raise ValueError(f"stage={self.stage!r} must be 'prepare' or 'embed'")
+        if not 0 <= self.exit_probability <= 1:
+            raise ValueError(f"exit_probability={self.exit_probability} must be in [0, 1]")
+
+    def exits(self) -> int:
+        """How many worker processes this plan has killed so far."""
+        return len(list(Path(self.marker_dir).glob("exit-*")))
+
+    def maybe_exit(self) -> None:
+        """Kill the calling process with ``exit_probability``, while fewer than ``max_exits`` happened."""
+        if random.random() >= self.exit_probability:
+            return
+        for n in range(self.max_exits):
+            try:
+                fd = os.open(Path(self.marker_dir) / f"exit-{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            os.close(fd)
+            logger.warning("fault injection: worker %d exits now", os.getpid())
+            os._exit(1)
+
+
+def _with_faults(cls: type, plan: FaultInjection) -> type:
+    """``cls`` whose ``__call__`` first gives ``plan`` the chance to kill the process."""
+
+    class Faulty(cls):  # type: ignore[misc, valid-type]
+        def __call__(self, batch):
+            plan.maybe_exit()
+            return super().__call__(batch)
+
+    Faulty.__name__ = Faulty.__qualname__ = cls.__name__
+    return Faulty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +191,30 @@ def _service_error(exc: BaseException) -> ServiceUnavailableError | None:
     return None
 
 
+def check_model(catalog: Catalog, settings: Settings, dimension: int, *, created: bool) -> None:
+    """Refuse to mix models in one collection: the model of its ``text`` vector is recorded in the catalog.
+
+    Args:
+        dimension: the configured model's embedding dimension. created: the collection was just created (its
+            record is then written, replacing any left by an older collection of the same name).
+
+    Raises:
+        ConfigurationError: the collection was built with another model (even of the same dimension), naming the
+            re-index command.
+    """
+    record = catalog.index_model(settings.qdrant_collection, TEXT_VECTOR)
+    if created or record is None:
+        catalog.record_index_model(settings.qdrant_collection, TEXT_VECTOR, settings.text_model, dimension)
+        return
+    if record["model"] != settings.text_model:
+        raise ConfigurationError(
+            f"collection {settings.qdrant_collection!r} was built with the text model {record['model']!r}, but "
+            f"SLUICE_TEXT_MODEL is {settings.text_model!r}: vectors of two models must never mix. Build a new "
+            "collection with `python -m jobs.reindex --collection NEW`, then set SLUICE_QDRANT_COLLECTION=NEW "
+            "(or set SLUICE_TEXT_MODEL back)"
+        )
+
+
 def run_ingest(
     settings: Settings,
     *,
@@ -116,33 +222,40 @@ def run_ingest(
     prefix: str = "",
     scan: bool = False,
     force: bool = False,
+    retry_failed: bool = False,
+    fault_injection: FaultInjection | None = None,
 ) -> IngestSummary:
     """Ingest the pending versions of ``tenant`` (every tenant when ``None``) under ``prefix``.
 
     Args:
-        settings: the configuration (services, model, chunking, batch sizes).
+        settings: the configuration (services, model, chunking, batch sizes, ``version_retention``).
         tenant: limit to one tenant. prefix: limit to paths starting with it.
-        scan: first register objects under ``s3://<bucket>/<tenant>/<prefix>`` that the catalog lacks.
-        force: re-embed the latest version of every document in scope, even when already indexed.
+        scan: first register objects under ``s3://<bucket>/<tenant>/<prefix>`` that the catalog lacks, and delete
+            the documents whose object is gone.
+        force: re-embed the head version of every document in scope, even when already indexed.
+        retry_failed: first set failed versions with an open dead letter back to ``pending`` (replayed).
+        fault_injection: tests only: kill stage workers at random (:class:`FaultInjection`).
 
     Returns:
         The summary of the run.
 
     Raises:
-        ServiceUnavailableError: S3, PostgreSQL, Qdrant or Ray cannot be reached (nothing is marked failed then:
-            versions stay ``pending``/``indexing`` and the next run picks them up).
-        ConfigurationError: the model is missing or its dimension differs from the collection's.
+        ServiceUnavailableError: S3, PostgreSQL, Qdrant, Redis or Ray cannot be reached (nothing is marked failed
+            then: versions stay ``pending``/``indexing`` and the next run picks them up).
+        ConfigurationError: the model is missing, or differs from the one the collection was built with.
     """
     import ray
 
     started = time.perf_counter()
     summary = IngestSummary()
     catalog, objects, store = Catalog(settings), ObjectStore(settings), VectorStore(settings)
+    cache = Cache(settings)
     try:
         catalog.check()
         objects.check()
         _ensure_ray(settings)
-        store.ensure_collection(model_dimension(settings.text_model))
+        dimension = model_dimension(settings.text_model)
+        check_model(catalog, settings, dimension, created=store.ensure_collection(dimension))
 
         clock = time.perf_counter()
 
@@ -152,10 +265,17 @@ def run_ingest(
             summary.stage_seconds[stage] = round(now - clock, 3)
             clock = now
 
+        changed = False
+        if retry_failed:
+            summary.dead_letters_replayed = catalog.replay_dead_letters(tenant, prefix)
         if scan:
             report: ScanReport = scan_objects(objects, catalog, tenant=tenant, prefix=prefix)
             summary.objects_scanned, summary.objects_registered = report.objects_seen, report.registered
             summary.objects_rejected = report.rejected
+            for document_id in report.missing:
+                lifecycle.delete_document(settings, document_id, catalog=catalog, store=store, objects=objects, bump=False)
+            summary.documents_deleted = len(report.missing)
+            changed = bool(report.missing)
             lap("scan")
 
         claimed = catalog.claim_versions(tenant, prefix, force=force)
@@ -163,17 +283,12 @@ def run_ingest(
         logger.info("claimed %d versions to index", len(claimed))
         lap("claim")
         if claimed:
-            outcomes = _run_dataset(settings, [version_row(c.version) for c in claimed], ray.cluster_resources())
-            lap("dataset")
-            indexed = []
-            for claim in claimed:
-                v = claim.version
-                outcome = outcomes.get((v.document_id, v.version), VersionOutcome())
-                if _record(catalog, store, claim, outcome, summary):
-                    indexed.append((v.document_id, v.version, outcome.chunk_count))
-            catalog.mark_indexed_many(indexed)
-            Cache(settings).bump_generation()
+            changed = True
+            _index(settings, catalog, store, claimed, summary, fault_injection)
             lap("record")
+            summary.stage_seconds["record"] = round(summary.stage_seconds["record"] - summary.stage_seconds.get("dataset", 0), 3)
+        if changed:
+            lifecycle.bump_generation(cache)
         summary.documents_unchanged = max(0, summary.documents_seen - summary.documents_indexed - summary.documents_failed)
     finally:
         catalog.close()
@@ -181,26 +296,107 @@ def run_ingest(
     return summary
 
 
-def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float]) -> dict[tuple[str, int], VersionOutcome]:
+def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: list[Claim], summary: IngestSummary,
+           faults: FaultInjection | None) -> None:
+    """Index the claimed versions: resume what a dead run left, run the dataset over the rest, record outcomes."""
+    import ray
+
+    resumed = [c for c in claimed if c.previous_status == "indexing"]
+    summary.versions_resumed = len(resumed)
+    for claim in resumed:  # a switch interrupted by a crash: back to what the catalog shows
+        lifecycle.sync_flags(catalog, store, claim.version.document_id)
+    finished = _already_written(store, resumed)
+    todo = [c for c in claimed if (c.version.document_id, c.version.version) not in finished]
+    shown = catalog.shown_versions([c.version.document_id for c in todo])
+    in_place = frozenset((c.version.document_id, c.version.version) for c in todo
+                         if shown.get(c.version.document_id) == c.version.version)
+    outcomes: dict[tuple[str, int], VersionOutcome] = {}
+    if todo:
+        started = time.perf_counter()
+        outcomes = _run_dataset(settings, [version_row(c.version) for c in todo], ray.cluster_resources(),
+                                shown=in_place, faults=faults)
+        summary.stage_seconds["dataset"] = round(time.perf_counter() - started, 3)
+    summary.chunks_embedded = sum(o.written for o in outcomes.values())
+    for key, count in finished.items():
+        outcomes[key] = VersionOutcome(written=count, chunk_count=count)
+
+    ok: list[tuple[str, int, int]] = []
+    fresh: set[tuple[str, int]] = set()
+    for claim in claimed:
+        v = claim.version
+        key = (v.document_id, v.version)
+        outcome = outcomes.get(key, VersionOutcome())
+        if _record(catalog, store, claim, outcome, summary, keep_points=key in in_place):
+            ok.append((v.document_id, v.version, outcome.chunk_count))
+            if claim.first_attempt or (key in in_place and (v.chunk_count or 0) <= outcome.chunk_count):
+                fresh.add(key)
+    committed = lifecycle.commit_versions(settings, catalog, store, ok, fresh=fresh)
+    lost = len(ok) - len(committed)
+    summary.documents_indexed -= lost
+    summary.chunks_indexed -= sum(c for d, v, c in ok if (d, v, c) not in set(committed))
+
+
+def _already_written(store: VectorStore, resumed: list[Claim]) -> dict[tuple[str, int], int]:
+    """Resumed versions whose ``written_count`` points are all in the index: they need no embedding."""
+    from qdrant_client import models
+
+    done = {}
+    for claim in resumed:
+        v = claim.version
+        if not v.written_count:
+            continue
+        census = store.version_census(
+            models.Filter(must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=v.document_id)),
+                                models.FieldCondition(key="version", match=models.MatchValue(value=v.version))])
+        ).get((v.document_id, v.version))
+        if census and census["points"] == v.written_count and census["max_chunk"] == v.written_count - 1:
+            done[(v.document_id, v.version)] = v.written_count
+    return done
+
+
+def _configure_fault_tolerance(settings: Settings) -> None:
+    """Bound a dataset's run: no progress for ``remote_call_timeout_s`` fails it; actors that die starting fail it.
+
+    Actor restarts and task retries use Ray Data's defaults for actor pools (``max_restarts=-1``,
+    ``max_task_retries=-1``: a dead actor is replaced and its task retried). Ray 2.60 deprecates passing them
+    through ``map_batches(**ray_remote_args)``, so they are not repeated here; the no-progress timeout is what turns
+    an endless restart loop into a failed run.
+    """
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.execution_no_progress_timeout_s = float(settings.remote_call_timeout_s)
+    ctx.max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
+    ctx.wait_for_min_actors_s = int(settings.remote_call_timeout_s)
+
+
+def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float], *,
+                 shown: frozenset[tuple[str, int]] = frozenset(),
+                 faults: FaultInjection | None = None) -> dict[tuple[str, int], VersionOutcome]:
     import ray
 
     from pipelines.embed.stage import EmbedStage
     from pipelines.prepare import PrepareStage
 
+    _configure_fault_tolerance(settings)
+    prepare_cls, embed_cls = PrepareStage, EmbedStage
+    if faults is not None:
+        if faults.stage == "prepare":
+            prepare_cls = _with_faults(PrepareStage, faults)
+        else:
+            embed_cls = _with_faults(EmbedStage, faults)
     res = Resources.from_cluster(cluster, settings)
     blocks = max(1, min(len(rows) // PREPARE_BATCH_ROWS + 1, 256))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
-        PrepareStage,
+        prepare_cls,
         fn_constructor_args=(settings,),
         batch_size=PREPARE_BATCH_ROWS,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.prepare_actors),
         num_cpus=res.prepare_cpus,
-        max_restarts=2,
-        max_task_retries=2,
     )
     ds = ds.map_batches(
-        EmbedStage,
+        embed_cls,
         fn_constructor_args=(settings,),
         fn_constructor_kwargs={"device": "cuda" if res.embed_gpus else "cpu", "num_threads": res.embed_threads},
         # Many model batches per call: the encoder sorts each call's texts by length, so less padding is computed.
@@ -209,25 +405,29 @@ def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float]
         compute=ray.data.ActorPoolStrategy(size=res.embed_actors),  # all start at once: each loads the model
         num_gpus=res.embed_gpus or None,
         num_cpus=res.embed_cpus,
-        max_restarts=2,
-        max_task_retries=2,
     )
-    sink = QdrantDatasink(settings)
+    sink = QdrantDatasink(settings, shown=shown)
     try:
-        ds.write_datasink(sink, ray_remote_args={"max_retries": 3, "num_cpus": Resources.WRITE_CPUS})
+        ds.write_datasink(sink, ray_remote_args={"max_retries": WRITE_TASK_RETRIES, "num_cpus": Resources.WRITE_CPUS})
     except Exception as exc:
         service = _service_error(exc)
         if service is not None:
             raise service from exc
+        if type(exc).__name__ == "ExecutionTimeoutError":
+            raise ServiceUnavailableError("ray", f"the dataset made no progress for {settings.remote_call_timeout_s} s: {exc}") from exc
         raise
     return sink.outcomes
 
 
-def _record(catalog: Catalog, store: VectorStore, claim: Claim, outcome: VersionOutcome, summary: IngestSummary) -> bool:
-    """Account for one version's outcome; failures are recorded at once, successes returned for one batch update.
+def _record(catalog: Catalog, store: VectorStore, claim: Claim, outcome: VersionOutcome, summary: IngestSummary, *,
+            keep_points: bool = False) -> bool:
+    """Account for one version's outcome; failures are recorded at once, successes returned for one commit.
+
+    A failed version's points (written with ``is_latest`` false) are deleted, so the previous version stays the
+    only one searchable; ``keep_points`` keeps them (a failed re-index of the version already shown).
 
     Returns:
-        ``True`` when every chunk was written (the caller marks the version ``indexed``).
+        ``True`` when every chunk was written (the caller commits the version).
     """
     document_id, version = claim.version.document_id, claim.version.version
     if outcome.error is not None:
@@ -236,12 +436,11 @@ def _record(catalog: Catalog, store: VectorStore, claim: Claim, outcome: Version
         stage, reason = "index", "incomplete_write"
         detail = f"{outcome.written} of {outcome.chunk_count} chunks reached the index"
     else:
-        if version > 1 or not claim.first_attempt:
-            # Points of older versions, or chunks past the new count left by an earlier run of this version.
-            store.delete_stale(document_id, version, outcome.chunk_count)
         summary.documents_indexed += 1
         summary.chunks_indexed += outcome.chunk_count
         return True
+    if not keep_points and (outcome.written or not claim.first_attempt):
+        store.delete_versions(document_id, [version])
     catalog.mark_failed(document_id, version, stage=stage, reason=reason, detail=detail)
     summary.documents_failed += 1
     summary.failures[reason] = summary.failures.get(reason, 0) + 1

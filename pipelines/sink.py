@@ -51,11 +51,16 @@ def parent_dirs(path: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def to_points(columns: dict[str, np.ndarray]) -> tuple[list[models.PointStruct], list[tuple[str, int]]]:
+def to_points(
+    columns: dict[str, np.ndarray], shown: frozenset[tuple[str, int]] | set[tuple[str, int]] = frozenset()
+) -> tuple[list[models.PointStruct], list[tuple[str, int]]]:
     """Build the points of a block's chunk rows, column-wise; error rows are skipped.
 
     Args:
         columns: the block as numpy columns (``pipelines.columns``); ``embedding`` is ``float32 (rows, dim)``.
+        shown: the ``(document_id, version)`` that search already shows (a re-index in place): their points are
+            written with ``is_latest`` true. Every other version's points are written with ``is_latest`` false, so
+            no search sees them until the version is committed (``core.lifecycle.commit_versions``).
 
     Returns:
         The points (deterministic ids, so a rewrite replaces them) and, for each, its ``(document_id, version)``.
@@ -74,7 +79,7 @@ def to_points(columns: dict[str, np.ndarray]) -> tuple[list[models.PointStruct],
             "tenant": str(columns[C.TENANT][i]),
             "document_id": document_id,
             "version": version,
-            "is_latest": True,
+            "is_latest": (document_id, version) in shown,
             "path": path,
             "dirs": parent_dirs(path),
             "modality": modality,
@@ -85,6 +90,8 @@ def to_points(columns: dict[str, np.ndarray]) -> tuple[list[models.PointStruct],
             "sha256": str(columns[C.SHA256][i]),
             "links": [],
         }
+        if C.CREATED_AT in columns and columns[C.CREATED_AT][i]:
+            payload["created_at"] = str(columns[C.CREATED_AT][i])  # the version's registration time, for filters
         if int(columns[C.PAGE][i]):
             payload["page"] = int(columns[C.PAGE][i])
         sparse = models.SparseVector.model_construct(
@@ -109,11 +116,14 @@ class QdrantDatasink(Datasink[dict]):
         settings: vector store settings and ``write_batch_size``.
         store: an injection seam for tests; by default a :class:`core.vectorstore.VectorStore` built lazily on
             the worker.
+        shown: the ``(document_id, version)`` pairs already searchable (see :func:`to_points`).
     """
 
-    def __init__(self, settings: Settings, store: VectorStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: VectorStore | None = None, *,
+                 shown: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.settings = settings
         self.store = store
+        self.shown = frozenset(shown)
         self.outcomes: dict[tuple[str, int], VersionOutcome] = {}
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
@@ -132,7 +142,7 @@ class QdrantDatasink(Datasink[dict]):
                     outcome.error = (str(columns[C.ERROR_STAGE][i]), str(columns[C.ERROR_REASON][i]), str(columns[C.ERROR_DETAIL][i]))
                 else:
                     outcome.chunk_count = int(columns[C.CHUNK_COUNT][i])
-            points, keys = to_points(columns)
+            points, keys = to_points(columns, self.shown)
             for start in range(0, len(points), batch):
                 store.upsert(points[start : start + batch])
                 for key in keys[start : start + batch]:

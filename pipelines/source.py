@@ -1,8 +1,9 @@
 """The source of the ingest pipeline: what to index, as document rows.
 
 * :func:`scan_objects` registers objects put into the bucket directly (``--scan``): objects under
-  ``<tenant>/<prefix>`` whose ETag and size differ from the latest version's are hashed (SHA-256 of the bytes) and
-  registered; identical bytes make no new version.
+  ``<tenant>/<prefix>`` whose ETag and size differ from the head version's are hashed (SHA-256 of the bytes) and
+  registered; identical bytes make no new version, nor do the bytes of a version a restore rolled back. It also
+  reports the live documents in scope whose object is gone (the caller deletes them).
 * :func:`claim_rows` claims the pending versions in the catalog and turns them into rows with
   ``pipelines.columns.VERSION_COLUMNS``.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import mimetypes
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 
 from core.catalog import Catalog
@@ -33,13 +35,15 @@ class ScanReport:
 
     Attributes:
         objects_seen: objects listed. registered: new versions recorded. unchanged: objects whose ETag, size or
-        SHA-256 equals the latest version's. rejected: keys that are not valid document paths (logged).
+        SHA-256 equals the head version's. rejected: keys that are not valid document paths (logged).
+        missing: ids of live documents in scope whose object is no longer in the bucket.
     """
 
     objects_seen: int = 0
     registered: int = 0
     unchanged: int = 0
     rejected: int = 0
+    missing: list[str] = dataclasses.field(default_factory=list)
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -59,11 +63,18 @@ def scan_objects(objects: ObjectStore, catalog: Catalog, *, tenant: str | None, 
     key_prefix = f"{tenant}/{prefix}" if tenant else prefix
     listed = list(objects.list_objects(key_prefix))
     report.objects_seen = len(listed)
+    path_prefix = prefix if tenant else ""
+    tenants = {tenant} if tenant else {k.key.partition("/")[0] for k in listed}
+    if not tenant:  # documents of every tenant whose object key falls under the key prefix
+        tenants |= {d.tenant for d in catalog.documents(None, include_deleted=False)
+                    if f"{d.tenant}/{d.path}".startswith(key_prefix)}
     known: dict[tuple[str, str], Version] = {}
-    for t in sorted({k.key.partition("/")[0] for k in listed}):
-        path_prefix = prefix if tenant else ""
+    retired: dict[tuple[str, str], list] = {}
+    for t in sorted(tenants):
         known.update({(t, p): v for p, v in catalog.latest_versions(t, path_prefix).items()})
+        retired.update({(t, p): r for p, r in catalog.rolled_back(t, path_prefix).items()})
 
+    present: set[tuple[str, str]] = set()
     todo: list[tuple[str, str, ObjectInfo]] = []
     for info in listed:
         try:
@@ -72,11 +83,24 @@ def scan_objects(objects: ObjectStore, catalog: Catalog, *, tenant: str | None, 
             logger.warning("skipping object %r: %s", info.key, exc.reason)
             report.rejected += 1
             continue
+        present.add((t, path))
         latest = known.get((t, path))
         if latest is not None and latest.etag == info.etag and latest.size == info.size and latest.object_key == info.key:
             report.unchanged += 1
             continue
+        if any(etag == info.etag and size == info.size
+               and (not_after is None or info.last_modified is None or info.last_modified <= not_after)
+               for etag, size, not_after in retired.get((t, path), ())):
+            report.unchanged += 1  # bytes a restore rolled back, or of a deleted document, untouched since
+            continue
         todo.append((t, path, info))
+
+    gone = [v for (t, p), v in known.items() if (t, p) not in present and v.object_key.startswith(key_prefix)]
+    if gone and not listed:
+        # An empty listing (a wrong bucket or prefix?) never deletes a whole corpus: delete through the API instead.
+        logger.warning("scan of %r listed no object; not deleting the %d documents the catalog has there", key_prefix, len(gone))
+    elif gone:
+        report.missing = sorted(v.document_id for v in gone)
 
     def register(item: tuple[str, str, ObjectInfo]) -> bool:
         t, path, info = item
@@ -108,4 +132,14 @@ def version_row(version: Version) -> dict:
         C.CONTENT_TYPE: version.content_type,
         C.SHA256: version.sha256,
         C.SIZE: version.size,
+        C.CREATED_AT: _rfc3339(version.created_at),
     }
+
+
+def _rfc3339(moment: datetime | None) -> str:
+    """``moment`` as RFC 3339 in UTC (``2026-11-29T23:50:00.123456+00:00``), ``""`` for ``None`` (a naive time is UTC)."""
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat()

@@ -72,3 +72,10 @@ def test_a_bad_tenant_is_refused(tmp_path, make_settings):
     result = run_job(env_file, "--tenant", "a/b")
     assert result.returncode == 2
     assert "tenant" in result.stderr
+
+
+def test_retry_failed_is_an_option_of_the_job():
+    from jobs.ingest import parse_args
+
+    assert parse_args(["--retry-failed", "--tenant", "t"]).retry_failed is True
+    assert parse_args([]).retry_failed is False

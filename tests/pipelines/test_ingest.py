@@ -176,9 +176,11 @@ def test_a_changed_file_replaces_its_chunks(ingested):
     objects.put_bytes(f"{TENANT}/{path}", b"# Short now\n\nOnly one paragraph is left.\n")
     summary = run_ingest(settings, tenant=TENANT, scan=True)
     assert summary.documents_indexed == 1
-    points = list(store.scroll(flt))
+    points = list(store.scroll(models.Filter(must=[*flt.must, models.FieldCondition(key="is_latest", match=models.MatchValue(value=True))])))
     assert len(points) == 1
     assert points[0].payload["version"] == 2 and "Only one paragraph" in points[0].payload["text"]
+    # Version 1 is retained (restorable without embedding), hidden from search.
+    assert {r.payload["version"] for r in store.scroll(flt) if not r.payload["is_latest"]} == {1}
 
 
 def test_a_version_left_indexing_by_a_dead_run_is_resumed(ingested):

@@ -56,10 +56,20 @@ def test_rows_become_points_and_errors_become_outcomes():
     records = sorted(store.scroll(with_vectors=True), key=lambda r: r.payload["chunk_index"])
     assert [str(r.id) for r in records] == [point_id("d1", 1, "text", 0), point_id("d1", 1, "text", 1)]
     first = records[0]
-    assert first.payload["dirs"] == ["a", "a/b"] and first.payload["is_latest"] is True
+    # Not committed yet: invisible to search until core.lifecycle.commit_versions switches the flags.
+    assert first.payload["dirs"] == ["a", "a/b"] and first.payload["is_latest"] is False
     assert first.payload["text"] == "first" and "page" not in first.payload
     assert first.vector["text"] == [1.0, 0.0, 0.0, 0.0]
     assert first.vector["bm25"].indices == [1, 5] and first.vector["bm25"].values == [0.5, 0.25]
 
     sink.write([block()], None)  # a retried write replaces, never duplicates
     assert store.count() == 2
+
+
+def test_a_version_already_shown_is_rewritten_searchable():
+    settings = Settings(qdrant_collection="sink_test", write_batch_size=8)
+    store = VectorStore(settings, client=QdrantClient(":memory:"))
+    store.ensure_collection(4)
+    sink = QdrantDatasink(settings, store=store, shown=frozenset({("d1", 1)}))
+    sink.write([block()], None)
+    assert {r.payload["is_latest"] for r in store.scroll()} == {True}

@@ -1,0 +1,162 @@
+"""Serve application ``documents`` (FastAPI ingress, route prefix ``/v1``).
+
+Routes (ARCHITECTURE.md, "Interfaces"; paths relative to the prefix):
+
+* ``GET /documents/{id}``: ``{"document_id", "path", "latest_version", "status", "error"?, "deleted", ...}``.
+* ``GET /documents/{id}/versions``: the list of versions, oldest first, each with ``is_latest`` and ``restorable``.
+* ``POST /documents/{id}/versions/{v}/restore``: makes a retained older version the searchable one (no
+  re-embedding); 409 ``not_restorable`` when its points are gone, 409 ``deleted`` for a deleted document.
+* ``DELETE /documents/{id}``: 204; its points leave the index (every version, every leg) and the cache.
+* ``GET /dead-letters``: the caller's dead letters, newest first (``?document_id=``, ``?open=true``, ``?limit=``).
+
+The caller is ``X-User-ID``; another tenant's document answers 404, exactly like a missing one.
+"""
+
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from ray import serve
+from ray.serve import Application
+
+from core import lifecycle
+from core.catalog import Catalog, CatalogConflict
+from core.errors import ServiceUnavailableError
+from core.settings import Settings
+from core.types import Document, Version
+from serve.http import ApiError, install_common_handlers, tenant_of
+
+logger = logging.getLogger(__name__)
+
+api = FastAPI(title="Sluice documents", version="0.1.0")
+install_common_handlers(api)
+
+_CONFLICT_STATUS = {"not_found": 404, "deleted": 409, "not_restorable": 409}
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def version_json(v: Version, document: Document, retention_keep: set[int]) -> dict[str, Any]:
+    """One version as the API shows it."""
+    return {
+        "version": v.version,
+        "status": v.status,
+        "is_latest": v.version == document.latest_version and not document.deleted,
+        "restorable": v.version in retention_keep and v.version != document.latest_version,
+        "sha256": v.sha256,
+        "size": v.size,
+        "content_type": v.content_type,
+        "chunk_count": v.chunk_count,
+        "error": v.error,
+        "created_at": _iso(v.created_at),
+    }
+
+
+@serve.deployment(name="DocumentsAPI", max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(api)
+class DocumentsAPI:
+    """The documents deployment: catalog reads, and the life-cycle operations of ``core.lifecycle``.
+
+    Args:
+        settings_overrides: ``Settings`` fields that override the environment (tests use it).
+    """
+
+    def __init__(self, settings_overrides: dict[str, Any] | None = None) -> None:
+        self.settings = Settings(**(settings_overrides or {}))
+        self.catalog = Catalog(self.settings)
+
+    def _document(self, request: Request, document_id: str) -> "Document":
+        tenant = tenant_of(request)
+        try:
+            doc = self.catalog.get_document(document_id)
+        except ServiceUnavailableError:
+            raise
+        except Exception:  # not a uuid: PostgreSQL refuses it
+            doc = None
+        if doc is None or doc.tenant != tenant:
+            raise ApiError(404, "not_found", f"no document {document_id}")
+        return doc
+
+    async def _call(self, fn, *args, **kwargs):
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ServiceUnavailableError as exc:
+            logger.error("documents call failed: %s", exc)
+            raise ApiError(503, "service_unavailable", f"{exc.service} is unavailable") from exc
+
+    @api.get("/documents/{document_id}")
+    async def get_document(self, document_id: str, request: Request) -> JSONResponse:
+        """The document and the state of its newest content."""
+        doc = await self._call(self._document, request, document_id)
+        versions = await self._call(self.catalog.list_versions, document_id)
+        head = next((v for v in versions if v.version == doc.head_version), None)
+        status = "deleted" if doc.deleted else (head.status if head else "pending")
+        body: dict[str, Any] = {
+            "document_id": doc.document_id,
+            "path": doc.path,
+            "latest_version": doc.latest_version,
+            "head_version": doc.head_version,
+            "status": status,
+            "deleted": doc.deleted,
+        }
+        if head is not None and head.error:
+            body["error"] = head.error
+        return JSONResponse(body)
+
+    @api.get("/documents/{document_id}/versions")
+    async def list_versions(self, document_id: str, request: Request) -> JSONResponse:
+        """Every version, oldest first."""
+        doc = await self._call(self._document, request, document_id)
+        versions = await self._call(self.catalog.list_versions, document_id)
+        keep = set(await self._call(self.catalog.retained_versions, document_id, self.settings.version_retention))
+        return JSONResponse([version_json(v, doc, keep) for v in versions])
+
+    @api.post("/documents/{document_id}/versions/{version}/restore")
+    async def restore(self, document_id: str, version: int, request: Request) -> JSONResponse:
+        """Make a retained version the searchable one again (no re-embedding)."""
+        await self._call(self._document, request, document_id)
+        try:
+            doc = await self._call(lifecycle.restore_version, self.settings, document_id, version, catalog=self.catalog)
+        except CatalogConflict as exc:
+            raise ApiError(_CONFLICT_STATUS.get(exc.code, 409), exc.code, exc.detail) from exc
+        return JSONResponse({"document_id": doc.document_id, "path": doc.path, "latest_version": doc.latest_version})
+
+    @api.delete("/documents/{document_id}")
+    async def delete(self, document_id: str, request: Request) -> Response:
+        """Delete the document: points of every version, cache, and the objects when ``delete_objects``."""
+        await self._call(self._document, request, document_id)
+        await self._call(lifecycle.delete_document, self.settings, document_id, catalog=self.catalog)
+        return Response(status_code=204)
+
+    @api.get("/dead-letters")
+    async def dead_letters(
+        self,
+        request: Request,
+        document_id: str | None = Query(default=None),
+        open: bool = Query(default=False, description="only letters not replayed yet"),
+        limit: int = Query(default=100, ge=1, le=1000),
+    ) -> JSONResponse:
+        """The caller's dead letters, newest first."""
+        tenant = tenant_of(request)
+        if document_id is not None:
+            await self._call(self._document, request, document_id)
+        rows = await self._call(self.catalog.dead_letters, document_id, tenant=tenant, include_replayed=not open, limit=limit)
+        return JSONResponse([{k: _iso(v) for k, v in row.items()} for row in rows])
+
+
+class AppArgs(BaseModel):
+    """Arguments of ``build_app`` (the ``args`` of the application in ``serve/config.yaml``)."""
+
+    settings_overrides: dict[str, Any] = {}
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Build the ``documents`` application (Ray Serve "application builder" pattern)."""
+    parsed = AppArgs.model_validate(args or {})
+    return DocumentsAPI.bind(parsed.settings_overrides or None)

@@ -1,0 +1,78 @@
+"""The catalog's version life cycle on a real PostgreSQL: heads, commits, restores, deletes, dead letters, models."""
+
+import pytest
+
+from core.catalog import Catalog, CatalogConflict
+from core.ids import document_id
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def catalog(settings):
+    catalog = Catalog(settings)
+    yield catalog
+    catalog.close()
+
+
+def _register(catalog, tenant, path, sha):
+    return catalog.register_version(tenant, path, object_key=f"{tenant}/{path}", sha256=sha, size=1, etag=sha)
+
+
+def test_latest_version_moves_only_on_commit(catalog, request):
+    tenant = request.node.name[:20]
+    doc = document_id(tenant, "a.md")
+    assert _register(catalog, tenant, "a.md", "s1").created
+    assert not _register(catalog, tenant, "a.md", "s1").created  # same bytes as the head
+    assert catalog.get_document(doc).latest_version == 0  # nothing searchable before a commit
+    [claim] = catalog.claim_versions(tenant)
+    assert catalog.commit_versions([(doc, 1, 4)]) == [(doc, 1, 4)]
+    _register(catalog, tenant, "a.md", "s2")
+    doc_row = catalog.get_document(doc)
+    assert (doc_row.latest_version, doc_row.head_version) == (1, 2)
+    catalog.claim_versions(tenant)
+    catalog.mark_failed(doc, 2, stage="extract", reason="boom")
+    assert catalog.get_document(doc).latest_version == 1  # a failed version changes nothing shown
+    assert catalog.replay_dead_letters(tenant) == 1
+    assert [v.status for v in catalog.list_versions(doc)] == ["indexed", "pending"]
+    assert catalog.dead_letters(doc)[0]["replayed_at"] is not None
+
+
+def test_restore_and_delete(catalog, request):
+    tenant = request.node.name[:20]
+    doc = document_id(tenant, "r.md")
+    for n in (1, 2, 3):
+        _register(catalog, tenant, "r.md", f"s{n}")
+        catalog.claim_versions(tenant)
+        catalog.commit_versions([(doc, n, 2)])
+    assert catalog.retained_versions(doc, 2) == [3, 2]
+    restored = catalog.restore_version(doc, 1)
+    assert (restored.latest_version, restored.head_version) == (1, 1)
+    assert {v.version: v.status for v in catalog.list_versions(doc)} == {1: "indexed", 2: "superseded", 3: "superseded"}
+    assert not _register(catalog, tenant, "r.md", "s1").created  # the restored bytes are the head's
+    with pytest.raises(CatalogConflict) as info:
+        catalog.restore_version(doc, 9)
+    assert info.value.code == "not_found"
+
+    before = catalog.mark_deleted(doc)
+    assert before.latest_version == 1 and catalog.get_document(doc).deleted
+    assert catalog.claim_versions(tenant) == []
+    with pytest.raises(CatalogConflict):
+        catalog.restore_version(doc, 2)
+    again = _register(catalog, tenant, "r.md", "s1")  # the same bytes, after a delete: a new version
+    assert again.created and again.version.version == 4 and not catalog.get_document(doc).deleted
+
+
+def test_a_commit_lost_to_a_delete_is_refused(catalog, request):
+    tenant = request.node.name[:20]
+    doc = document_id(tenant, "x.md")
+    _register(catalog, tenant, "x.md", "s1")
+    catalog.claim_versions(tenant)
+    catalog.mark_deleted(doc)
+    assert catalog.commit_versions([(doc, 1, 3)]) == []
+
+
+def test_index_models_are_recorded(catalog):
+    assert catalog.index_model("c_models", "text") is None
+    catalog.record_index_model("c_models", "text", "model-a", 32)
+    assert catalog.index_model("c_models", "text") == {"model": "model-a", "dimension": 32}

