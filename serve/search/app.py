@@ -1,70 +1,238 @@
-"""Serve application ``search``: ``POST /v1/search`` (FastAPI ingress).
+"""Serve application ``search`` at route prefix ``/v1/search``: ``POST /v1/search`` and ``POST /v1/search/batch``.
 
-The caller's tenant is the ``X-User-ID`` header (until authentication replaces it); every response carries
-``X-Request-ID`` (the client's, or a new uuid4); errors are JSON ``{"error": code, "detail": text}``.
-Built by :func:`build_app` for ``serve deploy serve/config.yaml``.
+Two deployments (Ray Serve documentation, "Deploy Compositions of Models"):
+
+* ``SearchAPI``, the FastAPI ingress: reads the tenant (``X-User-ID``) and validates the body, then calls the
+  searcher through a ``DeploymentHandle``. Light, so one replica takes many requests at once.
+* ``Searcher``: one :class:`SearchEngine` per replica (the model loads once). Query embeddings of concurrent
+  requests are encoded together by ``@serve.batch``. Its ``max_ongoing_requests`` bounds the searches a replica
+  runs at once and its ``max_queued_requests`` the requests waiting for one; past that the handle raises
+  ``BackPressureError`` at once and the ingress answers **503** ``{"error": "overloaded"}`` with ``Retry-After``,
+  instead of queueing without bound (the queue, not the CPU, is what grows memory under overload). Autoscaling
+  adds replicas when the ongoing requests per replica pass the target (``serve/config.yaml``).
+
+Every response carries ``X-Request-ID``; errors are JSON ``{"error": code, "detail": text}``. Built by
+:func:`build_app` for ``serve deploy serve/config.yaml``.
 """
+
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.serve import Application
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
 
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from serve.http import install_common_handlers, tenant_of, validation_detail
-from serve.search.engine import SearchEngine, SearchRequest
+from serve.search.engine import SearchEngine
+from serve.search.query import BatchRequest, SearchRequest
 
 logger = logging.getLogger(__name__)
 
-api = FastAPI(title="Sluice search", version="0.1.0")
-install_common_handlers(api)
+#: Seconds the ingress waits for one search (or one batch) before answering 503 ``timeout``.
+SEARCH_TIMEOUT_S = 30.0
+#: Searches of one batch request that run at once inside the searcher.
+BATCH_CONCURRENCY = 16
+#: Seconds a client is told to wait after a 503 (``Retry-After``).
+RETRY_AFTER_S = 1
 
 
-@serve.deployment(name="SearchAPI", max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5})
-@serve.ingress(api)
-class SearchAPI:
-    """The search deployment: one :class:`SearchEngine` per replica (the model loads once, in ``__init__``).
+@serve.deployment(
+    name="Searcher",
+    max_ongoing_requests=16,
+    max_queued_requests=64,
+    ray_actor_options={"num_cpus": 0.4},
+)
+class Searcher:
+    """Runs searches: answer cache, batched query embeddings, the Qdrant query.
 
     Args:
         settings_overrides: ``Settings`` fields that override the environment (tests use it).
+        max_batch_size: most query texts embedded in one model call. batch_wait_timeout_s: how long the first
+            query of a batch waits for others.
     """
 
-    def __init__(self, settings_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, settings_overrides: dict[str, Any] | None = None, max_batch_size: int = 32,
+                 batch_wait_timeout_s: float = 0.003) -> None:
         self.settings = Settings(**(settings_overrides or {}))
         self.engine = SearchEngine(self.settings)
         self.engine.warm_up()
+        self._embed_batch.set_max_batch_size(max_batch_size)
+        self._embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    @api.post("/v1/search")
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
+    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        """Embeds the query texts of concurrent searches in one model call (cached ones come from Redis)."""
+        vectors = await asyncio.to_thread(self.engine.embed_queries, texts)
+        return [v for v in vectors]
+
+    async def _search(self, tenant: str, req: SearchRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            key, hit = await asyncio.to_thread(self.engine.lookup, tenant, req)
+            if hit is not None:
+                return hit
+            dense = await self._embed_batch(req.query) if self.engine.needs_dense(req) else None
+            return await asyncio.to_thread(self.engine.run, tenant, req, dense=dense, key=key, started=started)
+        except ServiceUnavailableError as exc:
+            logger.error("search failed: %s", exc)
+            return {"error": "service_unavailable", "detail": f"{exc.service} is unavailable", "status": 503}
+
+    async def search(self, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One search; ``body`` is a validated :class:`SearchRequest` as JSON. Errors come back as a dict with
+        ``error``, ``detail`` and ``status``."""
+        return await self._search(tenant, SearchRequest.model_validate(body))
+
+    async def search_many(self, tenant: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several searches at once (at most :data:`BATCH_CONCURRENCY` running), answered in order."""
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(body: dict[str, Any]) -> dict[str, Any]:
+            async with gate:
+                return await self._search(tenant, SearchRequest.model_validate(body))
+
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+class _PrefixRoot:
+    """ASGI middleware: a request for the route prefix itself (``POST /v1/search``) reaches the route ``/``.
+
+    Serve mounts the app at its route prefix (``root_path``) and passes the full path; Starlette matches the rest,
+    which is empty for ``/v1/search``, and would answer 307 to ``/v1/search/`` (a POST a client may not follow).
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            root, path = scope.get("root_path", ""), scope["path"]
+            if path == root or path == "":
+                scope = dict(scope, path=f"{path}/", raw_path=f"{path}/".encode())
+        await self.app(scope, receive, send)
+
+
+api = FastAPI(title="Sluice search", version="0.2.0")
+install_common_handlers(api)
+api.add_middleware(_PrefixRoot)
+
+
+def _error(status: int, code: str, detail: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers or None)
+
+
+async def _await(response: Any) -> Any:
+    return await response
+
+
+async def _body(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
+    try:
+        return model.model_validate(await request.json())
+    except ValidationError as exc:
+        return _error(422, "invalid_request", validation_detail(exc))
+    except ValueError:
+        return _error(400, "invalid_json", "the body is not JSON")
+
+
+@serve.deployment(name="SearchAPI", max_ongoing_requests=256, max_queued_requests=256, ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(api)
+class SearchAPI:
+    """The ingress: validation, the tenant, and the mapping of the searcher's answers and overload to HTTP.
+
+    Args:
+        searcher: the handle of the :class:`Searcher` deployment.
+    """
+
+    def __init__(self, searcher: DeploymentHandle) -> None:
+        self.searcher = searcher
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        response = getattr(self.searcher, method).remote(*args)
+        try:
+            return await asyncio.wait_for(_await(response), timeout=SEARCH_TIMEOUT_S)
+        except BackPressureError as exc:
+            logger.warning("search overloaded: %s", exc)
+            return _error(503, "overloaded", "too many searches in flight; retry shortly", **{"Retry-After": str(RETRY_AFTER_S)})
+        except asyncio.TimeoutError:
+            response.cancel()
+            return _error(503, "timeout", f"the search took over {SEARCH_TIMEOUT_S:.0f} s", **{"Retry-After": str(RETRY_AFTER_S)})
+
+    @api.post("/")
     async def search(self, request: Request) -> JSONResponse:
         """Answer one query (body: :class:`SearchRequest`)."""
         tenant = tenant_of(request)
-        try:
-            body = SearchRequest.model_validate(await request.json())
-        except ValidationError as exc:
-            return JSONResponse({"error": "invalid_request", "detail": validation_detail(exc)}, status_code=422)
-        except ValueError:
-            return JSONResponse({"error": "invalid_json", "detail": "the body is not JSON"}, status_code=400)
-        try:
-            answer = await asyncio.to_thread(self.engine.search, tenant, body)
-        except ServiceUnavailableError as exc:
-            logger.error("search failed: %s", exc)
-            return JSONResponse({"error": "service_unavailable", "detail": f"{exc.service} is unavailable"}, status_code=503)
+        body = await _body(request, SearchRequest)
+        if isinstance(body, JSONResponse):
+            return body
+        answer = await self._call("search", tenant, body.model_dump(mode="json"))
+        if isinstance(answer, JSONResponse):
+            return answer
+        if "error" in answer:
+            return _error(answer.pop("status", 500), answer["error"], answer["detail"], **{"Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse(answer)
+
+    @api.post("/batch")
+    async def search_batch(self, request: Request) -> JSONResponse:
+        """Answer up to ``MAX_BATCH_QUERIES`` queries at once (body: :class:`BatchRequest`).
+
+        Returns:
+            ``{"answers": [...], "took_ms"}``: one answer per query, in order, each as ``POST /v1/search`` gives
+            it, or ``{"error", "detail"}`` for a query that failed.
+        """
+        started = time.perf_counter()
+        tenant = tenant_of(request)
+        body = await _body(request, BatchRequest)
+        if isinstance(body, JSONResponse):
+            return body
+        answers = await self._call("search_many", tenant, [q.model_dump(mode="json") for q in body.queries])
+        if isinstance(answers, JSONResponse):
+            return answers
+        for answer in answers:
+            answer.pop("status", None)
+        return JSONResponse({"answers": answers, "took_ms": round((time.perf_counter() - started) * 1000, 3)})
+
+
+class DeploymentOptions(BaseModel):
+    """``.options()`` of one deployment, for tests and benchmarks; ``serve/config.yaml`` overrides them too."""
+
+    model_config = {"extra": "forbid"}
+
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    max_queued_requests: int | None = Field(default=None, ge=-1)
+    num_replicas: int | None = Field(default=None, ge=1)
+    ray_actor_options: dict[str, Any] | None = None
 
 
 class AppArgs(BaseModel):
-    """Arguments of ``build_app`` (the ``args`` of the application in ``serve/config.yaml``)."""
+    """Arguments of :func:`build_app` (the ``args`` of the application in ``serve/config.yaml``).
+
+    Attributes:
+        settings_overrides: ``Settings`` fields that override the replicas' environment.
+        searcher, ingress: deployment options (limits, replicas) applied in code.
+        max_batch_size, batch_wait_timeout_s: the ``@serve.batch`` of query embeddings.
+    """
+
+    model_config = {"extra": "forbid"}
 
     settings_overrides: dict[str, Any] = {}
+    searcher: DeploymentOptions = DeploymentOptions()
+    ingress: DeploymentOptions = DeploymentOptions()
+    max_batch_size: int = Field(default=32, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=0.003, ge=0, le=1)
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """Build the ``search`` application (Ray Serve "application builder" pattern)."""
     parsed = AppArgs.model_validate(args or {})
-    return SearchAPI.bind(parsed.settings_overrides or None)
+    searcher = Searcher.options(**parsed.searcher.model_dump(exclude_none=True)).bind(
+        parsed.settings_overrides or None, parsed.max_batch_size, parsed.batch_wait_timeout_s
+    )
+    return SearchAPI.options(**parsed.ingress.model_dump(exclude_none=True)).bind(searcher)

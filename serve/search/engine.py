@@ -1,87 +1,77 @@
-"""The hybrid search engine behind ``POST /v1/search``: dense and BM25 legs, fused by Qdrant, under a tenant filter.
+"""The hybrid search engine behind ``POST /v1/search``: dense, BM25 (and image) legs fused by Qdrant, per tenant.
 
-Hybrid mode sends one prefetch per leg (dense ``text``, sparse ``bm25``), each carrying the tenant filter, and fuses
-them with Reciprocal Rank Fusion (Cormack, Clarke and Büttcher, SIGIR 2009; Qdrant documentation, "Hybrid Queries")
-or DBSF. The fused list is checked against the tenant once more before it is returned. Answers are cached in Redis
-under the index generation (``core.cache``), so an ingest makes every older answer unreachable.
+A search runs in three steps, which the Serve deployment interleaves with its own batching
+(:class:`serve.search.app.Searcher`) and :meth:`SearchEngine.search` runs in a row:
+
+1. :meth:`SearchEngine.lookup`: the whole answer from the cache, keyed by the tenant, every parameter and the index
+   generation (``core.cache``); a hit comes back with ``cached: true``.
+2. :meth:`SearchEngine.embed_queries`: the query embeddings, from the cache or the text model (batched).
+3. :meth:`SearchEngine.run`: the Qdrant Query API call (``serve.search.query``): one prefetch per leg, each with the
+   tenant filter, fused by RRF or DBSF; the fused list is checked against the tenant once more (a foreign point is
+   dropped and logged at ERROR), and the answer is cached under the generation read in step 1.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from pydantic import BaseModel, Field, field_validator
+import numpy as np
 from qdrant_client import models
 
 from core.cache import Cache
+from core.errors import ServiceUnavailableError
 from core.settings import Settings
-from core.vectorstore import SPARSE_VECTOR, TEXT_VECTOR, VectorStore, tenant_filter
+from core.vectorstore import VectorStore
+from serve.search.query import DEFAULT_FUSION, IMAGE_VECTOR, SearchRequest, build_query
 
 logger = logging.getLogger(__name__)
 
-#: Candidates each leg hands to fusion, at least (more than ``top_k`` makes fusion meaningful).
-MIN_PREFETCH = 50
-PREVIEW_CHARS = 160
+#: Seconds the engine trusts what it read of the collection's vectors (whether it has an ``image`` vector).
+COLLECTION_INFO_TTL_S = 60.0
 
 
-class SearchFilters(BaseModel):
-    """Optional restrictions of a search.
+class QueryEncoder(Protocol):
+    """What the engine needs of a text model: ``encode(texts) -> float32 (n, dim)``."""
 
-    Attributes:
-        path_prefix: only documents whose path starts with this folder (``"docs"`` or ``"docs/"``) or equals it.
-        content_types: only these MIME types. document_ids: only these documents.
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def load_image_query_encoder(settings: Settings) -> QueryEncoder | None:
+    """The hook for the image leg: a CLIP *text* encoder for ``settings.image_model``, or ``None``.
+
+    The image leg queries the collection's ``image`` vector (CLIP image embeddings) with the CLIP embedding of the
+    query text (``pipelines.embed.image.ClipEncoder.encode_texts``: ``float32 (n, clip_dim)``, L2-normalised).
+    ``None`` (the leg is left out) when no image model is configured or the encoder cannot be imported.
     """
-
-    model_config = {"extra": "forbid"}
-
-    path_prefix: str | None = None
-    content_types: list[str] | None = None
-    document_ids: list[str] | None = None
-
-
-class SearchRequest(BaseModel):
-    """The body of ``POST /v1/search`` (ARCHITECTURE.md, "Interfaces")."""
-
-    model_config = {"extra": "forbid"}
-
-    query: str = Field(min_length=1, max_length=4096)
-    top_k: int = Field(default=10, ge=1, le=100)
-    offset: int = Field(default=0, ge=0, le=10_000)
-    mode: Literal["hybrid", "dense", "sparse"] = "hybrid"
-    fusion: Literal["rrf", "dbsf"] = "rrf"
-    filters: SearchFilters | None = None
-    modalities: list[Literal["text", "image", "audio"]] | None = None
-    version: Literal["latest"] | int = "latest"
-
-    @field_validator("query")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query is blank")
-        return value
+    if not settings.image_model:
+        return None
+    try:
+        from pipelines.embed.image import ClipEncoder
+    except ImportError as exc:
+        logger.warning("SLUICE_IMAGE_MODEL is set but the CLIP encoder cannot be imported (%s): the image leg is off", exc)
+        return None
+    return _ClipTextQueries(ClipEncoder(settings.image_model))
 
 
-def _conditions(req: SearchRequest) -> list[models.Condition]:
-    extra: list[models.Condition] = []
-    f = req.filters
-    if f and f.path_prefix:
-        folder = f.path_prefix.strip("/")
-        extra.append(models.FieldCondition(key="dirs", match=models.MatchValue(value=folder)))
-    if f and f.content_types:
-        extra.append(models.FieldCondition(key="content_type", match=models.MatchAny(any=f.content_types)))
-    if f and f.document_ids:
-        extra.append(models.FieldCondition(key="document_id", match=models.MatchAny(any=f.document_ids)))
-    if req.modalities:
-        extra.append(models.FieldCondition(key="modality", match=models.MatchAny(any=list(req.modalities))))
-    if isinstance(req.version, int):
-        extra.append(models.FieldCondition(key="version", match=models.MatchValue(value=req.version)))
-    return extra
+class _ClipTextQueries:
+    """Adapts ``ClipEncoder`` to :class:`QueryEncoder` (texts only)."""
+
+    def __init__(self, clip) -> None:
+        self.clip = clip
+
+    def warm_up(self) -> None:
+        self.clip.warm_up()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.clip.encode_texts(list(texts))
 
 
 def to_result(point: models.ScoredPoint) -> dict[str, Any]:
-    """One result of the contract from a scored point."""
+    """One result of the contract (ARCHITECTURE.md, "Interfaces") from a scored point."""
     p = point.payload or {}
     result = {
         "point_id": str(point.id),
@@ -94,42 +84,213 @@ def to_result(point: models.ScoredPoint) -> dict[str, Any]:
         "score": float(point.score),
         "links": p.get("links", []),
     }
-    for optional in ("page", "start_s", "end_s", "heading", "content_type"):
+    for optional in ("page", "start_s", "end_s", "heading", "content_type", "created_at"):
         if p.get(optional) is not None:
             result[optional] = p[optional]
     return result
 
 
 class SearchEngine:
-    """Answers search requests for a tenant.
+    """Answers search requests for a tenant. Thread-safe: the Serve replica runs several searches at once.
 
     Args:
-        settings: vector store, model, BM25 and cache settings.
-        encoder: an object with ``encode(list[str]) -> float32 (n, dim)``; by default the configured text model.
+        settings: vector store, model, BM25, ``rrf_k`` and cache settings.
+        encoder: the query text encoder (:class:`QueryEncoder`); by default the configured text model.
+        image_encoder: a CLIP text encoder for the image leg; by default :func:`load_image_query_encoder`.
         store, cache: injection seams (default: built from ``settings``).
     """
 
-    def __init__(self, settings: Settings, *, encoder: Any = None, store: VectorStore | None = None, cache: Cache | None = None) -> None:
-        from pipelines.sparse import Bm25Encoder
-
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        encoder: QueryEncoder | None = None,
+        image_encoder: QueryEncoder | None = None,
+        store: VectorStore | None = None,
+        cache: Cache | None = None,
+    ) -> None:
         self.settings = settings
         if encoder is None:
             from pipelines.embed.dense import TextEncoder
 
             encoder = TextEncoder(settings.text_model, batch_size=settings.embed_batch_size)
         self.encoder = encoder
+        self.image_encoder = image_encoder if image_encoder is not None else load_image_query_encoder(settings)
         self.store = store or VectorStore(settings)
         self.cache = cache or Cache(settings)
-        self.bm25 = Bm25Encoder(k1=settings.bm25_k1, b=settings.bm25_b, avg_len=settings.bm25_avg_len)
+        self.model_key = f"{settings.text_model}"
+        self._local = threading.local()  # one Bm25Encoder per thread: PyStemmer stemmers are not thread-safe
+        self._encode_lock = threading.Lock()
+        self._vectors: tuple[float, set[str]] | None = None
+
+    @property
+    def bm25(self):
+        """This thread's BM25 encoder (``pipelines.sparse.Bm25Encoder``, the one ingest uses)."""
+        encoder = getattr(self._local, "bm25", None)
+        if encoder is None:
+            from pipelines.sparse import Bm25Encoder
+
+            s = self.settings
+            encoder = self._local.bm25 = Bm25Encoder(k1=s.bm25_k1, b=s.bm25_b, avg_len=s.bm25_avg_len)
+        return encoder
 
     def warm_up(self) -> None:
-        """Load the model and open the store (idempotent)."""
-        if hasattr(self.encoder, "warm_up"):
-            self.encoder.warm_up()
+        """Load the models and open the store (idempotent).
+
+        Raises:
+            ServiceUnavailableError: the vector store cannot be reached.
+        """
+        for encoder in (self.encoder, self.image_encoder):
+            if encoder is not None and hasattr(encoder, "warm_up"):
+                encoder.warm_up()
         self.store.check()
 
+    # --- step 1: the answer cache ------------------------------------------------------------------------------
+
+    def cache_params(self, tenant: str, req: SearchRequest) -> dict[str, Any]:
+        """Everything an answer depends on besides the index: the tenant, the request, the models and ``rrf_k``."""
+        return {
+            "tenant": tenant,
+            "request": req.model_dump(mode="json"),
+            "text_model": self.settings.text_model,
+            "image_model": self.settings.image_model if self.image_encoder is not None else "",
+            "rrf_k": self.settings.rrf_k,
+            "default_fusion": DEFAULT_FUSION,
+        }
+
+    def lookup(self, tenant: str, req: SearchRequest) -> tuple[str | None, dict[str, Any] | None]:
+        """The answer's cache key and the cached answer (``cached: true``), if any.
+
+        Returns:
+            ``(key, answer)``: ``key`` is ``None`` when Redis is down (the answer is then neither read nor written);
+            ``answer`` is ``None`` on a miss.
+        """
+        started = time.perf_counter()
+        generation = self.cache.generation()
+        if generation is None:
+            return None, None
+        key = self.cache.key("search", generation, self.cache_params(tenant, req))
+        hit = self.cache.get_json(key)
+        if hit is None:
+            return key, None
+        return key, {"results": hit, "took_ms": _ms(started), "cached": True}
+
+    # --- step 2: query embeddings ------------------------------------------------------------------------------
+
+    def needs_dense(self, req: SearchRequest) -> bool:
+        """Whether the request has a dense text leg."""
+        return req.mode in ("dense", "hybrid")
+
+    def embed_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The text model's embeddings of queries: cached ones from Redis, the rest in one model call.
+
+        Args:
+            texts: query texts (repeats are encoded once).
+
+        Returns:
+            One ``float32`` vector of shape ``(dim,)`` per text, in order.
+        """
+        cached = self.cache.get_embeddings(self.model_key, texts)
+        missing = sorted({t for t, v in zip(texts, cached) if v is None})
+        if missing:
+            with self._encode_lock:
+                vectors = np.asarray(self.encoder.encode(missing), dtype=np.float32)
+            self.cache.set_embeddings(self.model_key, missing, vectors)
+            fresh = dict(zip(missing, vectors))
+            cached = [v if v is not None else fresh[t] for t, v in zip(texts, cached)]
+        return cached
+
+    def image_query(self, req: SearchRequest) -> list[float] | None:
+        """The CLIP text embedding for the image leg, when the request asks for images and the index has them."""
+        if self.image_encoder is None or not req.modalities or "image" not in req.modalities:
+            return None
+        if IMAGE_VECTOR not in self._vector_names():
+            return None
+        return np.asarray(self.image_encoder.encode([req.query])[0], dtype=np.float32).tolist()
+
+    def _vector_names(self) -> set[str]:
+        now = time.monotonic()
+        if self._vectors is None or now - self._vectors[0] > COLLECTION_INFO_TTL_S:
+            try:
+                params = self.store.client.get_collection(self.store.collection).config.params
+                names = set((params.vectors or {}).keys()) if isinstance(params.vectors, dict) else set()
+            except Exception as exc:  # no collection yet: nothing has been ingested
+                logger.info("collection %s not readable: %s", self.store.collection, exc)
+                names = set()
+            self._vectors = (now, names)
+        return self._vectors[1]
+
+    # --- step 3: the query -------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        tenant: str,
+        req: SearchRequest,
+        *,
+        dense: np.ndarray | Sequence[float] | None = None,
+        key: str | None = None,
+        started: float | None = None,
+    ) -> dict[str, Any]:
+        """Query the legs, fuse them, check the tenant, and cache the answer under ``key``.
+
+        Args:
+            tenant: the caller's tenant. req: the request.
+            dense: the query's text embedding (required when :meth:`needs_dense`).
+            key: the cache key from :meth:`lookup` (``None``: do not cache).
+            started: ``time.perf_counter()`` at the start of the request, for ``took_ms``.
+
+        Returns:
+            ``{"results": [...], "took_ms": float, "cached": false}``; results by descending score.
+
+        Raises:
+            ServiceUnavailableError: the vector store cannot be reached.
+            ValueError: ``dense`` is missing for a mode that needs it.
+        """
+        started = time.perf_counter() if started is None else started
+        if self.needs_dense(req) and dense is None:
+            raise ValueError(f"mode={req.mode!r} needs the query's dense embedding")
+        sparse = self.bm25.encode_query(req.query) if req.mode in ("sparse", "hybrid") else None
+        kwargs = build_query(
+            tenant,
+            req,
+            dense=np.asarray(dense, dtype=np.float32).tolist() if self.needs_dense(req) else None,
+            sparse=sparse,
+            image=self.image_query(req) if req.mode == "hybrid" else None,
+            rrf_k=self.settings.rrf_k,
+        )
+        points = self._query(kwargs) if kwargs is not None else []
+        results = []
+        for point in points:
+            if (point.payload or {}).get("tenant") != tenant:
+                logger.error("dropped point %s of another tenant from a search by tenant %r", point.id, tenant)
+                continue
+            results.append(to_result(point))
+        if key is not None:
+            self.cache.set_json(key, results)
+        return {"results": results, "took_ms": _ms(started), "cached": False}
+
+    def _query(self, kwargs: dict[str, Any]) -> list[models.ScoredPoint]:
+        try:
+            return self.store.query(**kwargs)
+        except ServiceUnavailableError:
+            raise
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            raise ServiceUnavailableError("qdrant", f"{type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:
+            if "not found" in str(exc).lower():  # local mode: no collection yet (nothing ingested)
+                logger.info("empty answer: %s", exc)
+                return []
+            raise
+        except Exception as exc:
+            if "not found" in str(exc).lower() or "doesn't exist" in str(exc).lower():  # server: no collection yet
+                logger.info("empty answer: %s", exc)
+                return []
+            raise
+
+    # --- all three ---------------------------------------------------------------------------------------------
+
     def search(self, tenant: str, req: SearchRequest) -> dict[str, Any]:
-        """Run one search.
+        """Run one search in this thread (lookup, embed, run).
 
         Returns:
             ``{"results": [...], "took_ms": float, "cached": bool}``; ``results`` is sorted by descending score.
@@ -138,42 +299,12 @@ class SearchEngine:
             ServiceUnavailableError: the vector store cannot be reached.
         """
         started = time.perf_counter()
-        params = {"tenant": tenant, **req.model_dump()}
-        generation = self.cache.generation()
-        key = self.cache.key("search", generation, params) if generation is not None else None
-        if key is not None:
-            hit = self.cache.get_json(key)
-            if hit is not None:
-                return {"results": hit, "took_ms": round((time.perf_counter() - started) * 1000, 3), "cached": True}
+        key, hit = self.lookup(tenant, req)
+        if hit is not None:
+            return hit
+        dense = self.embed_queries([req.query])[0] if self.needs_dense(req) else None
+        return self.run(tenant, req, dense=dense, key=key, started=started)
 
-        flt = tenant_filter(tenant, extra=_conditions(req), latest_only=req.version == "latest")
-        limit = req.top_k + req.offset
-        prefetch_limit = max(limit, MIN_PREFETCH)
-        legs: list[models.Prefetch] = []
-        if req.mode in ("dense", "hybrid"):
-            dense = self.encoder.encode([req.query])[0].tolist()
-            legs.append(models.Prefetch(query=dense, using=TEXT_VECTOR, filter=flt, limit=prefetch_limit))
-        if req.mode in ("sparse", "hybrid"):
-            indices, values = self.bm25.encode_query(req.query)
-            if indices:
-                legs.append(
-                    models.Prefetch(
-                        query=models.SparseVector(indices=indices, values=values), using=SPARSE_VECTOR, filter=flt, limit=prefetch_limit
-                    )
-                )
-        if not legs:  # a sparse query made only of stop words
-            points: list[models.ScoredPoint] = []
-        elif len(legs) == 1:
-            leg = legs[0]
-            points = self.store.query(query=leg.query, using=leg.using, query_filter=flt, limit=req.top_k, offset=req.offset, with_payload=True)
-        else:
-            fusion = (
-                models.RrfQuery(rrf=models.Rrf(k=self.settings.rrf_k))
-                if req.fusion == "rrf"
-                else models.FusionQuery(fusion=models.Fusion.DBSF)
-            )
-            points = self.store.query(prefetch=legs, query=fusion, limit=req.top_k, offset=req.offset, with_payload=True)
-        results = [to_result(p) for p in points if (p.payload or {}).get("tenant") == tenant]
-        if key is not None:
-            self.cache.set_json(key, results)
-        return {"results": results, "took_ms": round((time.perf_counter() - started) * 1000, 3), "cached": False}
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

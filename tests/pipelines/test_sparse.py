@@ -214,3 +214,10 @@ def test_pickles_for_ray_workers(encoder) -> None:
     encoder.tokenize("warm the stemmer up")
     clone = pickle.loads(pickle.dumps(encoder))
     assert clone.encode_document("running shoes") == encoder.encode_document("running shoes")
+
+
+def test_term_id_collisions_follow_the_birthday_bound() -> None:
+    """10^5 distinct terms share about 10^10 / 2^33 ≈ 1.2 pairs of ids (documented in ``term_id``); far fewer than 10."""
+    terms = {f"term{i}" for i in range(100_000)} | {f"x-{i}b" for i in range(1_000)}
+    ids = [Bm25Encoder.term_id(term) for term in terms]
+    assert len(ids) - len(set(ids)) < 10

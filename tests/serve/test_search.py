@@ -1,4 +1,8 @@
-"""POST /v1/search through Ray Serve over real HTTP, and the engine's cache and fail-open behaviour."""
+"""POST /v1/search and /v1/search/batch through Ray Serve over real HTTP, on an index built by the real ingest job.
+
+The engine's own behaviour (legs, fusion, filters, pagination) is pinned in ``test_search_engine.py``; overload in
+``test_search_overload.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import pytest
 from core.cache import Cache
 from core.objects import ObjectStore
 from pipelines.ingest import run_ingest
-from serve.search.engine import SearchEngine, SearchRequest
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +39,13 @@ def indexed(ray_local, make_settings):
 def base_url(indexed, serve_http):
     from serve.search.app import build_app
 
-    return serve_http(build_app({"settings_overrides": indexed.model_dump(mode="python") | _secrets(indexed)}), "search")
+    app = build_app({"settings_overrides": settings_overrides(indexed)})
+    return serve_http(app, "search", route_prefix="/v1/search")
+
+
+def settings_overrides(settings) -> dict:
+    """The settings as ``build_app`` arguments (secrets in clear: the replicas rebuild ``Settings`` from them)."""
+    return settings.model_dump(mode="python") | _secrets(settings)
 
 
 def _secrets(settings) -> dict:
@@ -120,10 +129,69 @@ def test_answers_are_cached_until_the_next_ingest(indexed, base_url):
     assert "notes/more.md" in [r["path"] for r in third["results"]]
 
 
-def test_search_works_when_redis_is_down(indexed, unused_port):
-    down = indexed.model_copy(update={"redis_url": f"redis://127.0.0.1:{unused_port}/0"})
-    engine = SearchEngine(down, cache=Cache(down, timeout_s=0.2))
+def test_answers_are_cached_until_the_generation_moves(indexed, base_url):
+    """A delete (or restore) advances the index generation, as ingest does: the next answer is computed afresh."""
+    query = {"query": "Danube countries", "top_k": 2, "mode": "sparse"}
+    post(base_url, query)
+    assert post(base_url, query).json()["cached"] is True
+    Cache(indexed).bump_generation()
+    assert post(base_url, query).json()["cached"] is False
+
+
+def test_the_route_answers_with_and_without_a_trailing_slash(base_url):
+    for url in (f"{base_url}/v1/search", f"{base_url}/v1/search/"):
+        response = httpx.post(url, json={"query": "Danube", "top_k": 1}, headers={"X-User-ID": "acme"}, timeout=60)
+        assert response.status_code == 200, (url, response.text)
+        assert response.json()["results"][0]["path"] == "guide/rivers.md"
+    from ray import serve
+
+    serve.delete("search-no-redis")
+
+
+def test_batch_answers_each_query_in_order(base_url):
+    queries = [
+        {"query": "QX-7731B", "mode": "sparse", "top_k": 1},
+        {"query": "Which river reaches the Black Sea?", "top_k": 1},
+        {"query": "knead the dough", "mode": "sparse", "top_k": 1},
+        {"query": "zyxquorbe", "mode": "sparse"},
+    ]
+    response = httpx.post(f"{base_url}/v1/search/batch", json={"queries": queries}, headers={"X-User-ID": "acme"}, timeout=60)
+    assert response.status_code == 200, response.text
+    answers = response.json()["answers"]
+    assert [a["results"][0]["path"] if a["results"] else None for a in answers] == [
+        "guide/parts.md", "guide/rivers.md", "notes/cooking.md", None,
+    ]
+    assert all(set(a) == {"results", "took_ms", "cached"} for a in answers)
+    single = post(base_url, queries[1]).json()
+    assert single["results"] == answers[1]["results"]
+
+
+def test_batch_is_bounded_and_validated(base_url):
+    from serve.search.query import MAX_BATCH_QUERIES
+
+    def batch(body):
+        return httpx.post(f"{base_url}/v1/search/batch", json=body, headers={"X-User-ID": "acme"}, timeout=60)
+
+    too_many = batch({"queries": [{"query": f"q{i}"} for i in range(MAX_BATCH_QUERIES + 1)]})
+    assert too_many.status_code == 422 and too_many.json()["error"] == "invalid_request"
+    assert "queries" in too_many.json()["detail"]
+    bad_item = batch({"queries": [{"query": "ok"}, {"query": "x", "top_k": 0}]})
+    assert bad_item.status_code == 422 and "queries.1.top_k" in bad_item.json()["detail"]
+    assert batch({"queries": []}).status_code == 422
+    no_user = httpx.post(f"{base_url}/v1/search/batch", json={"queries": [{"query": "x"}]}, timeout=60)
+    assert no_user.status_code == 401
+
+
+def test_search_works_when_redis_is_down(indexed, serve_http, unused_port):
+    overrides = settings_overrides(indexed) | {"redis_url": f"redis://127.0.0.1:{unused_port}/0"}
+    from serve.search.app import build_app
+
+    base = serve_http(build_app({"settings_overrides": overrides}), "search-no-redis", route_prefix="/no-redis")
     for _ in range(2):
-        answer = engine.search("acme", SearchRequest(query="Danube", top_k=1))
-        assert answer["cached"] is False
-        assert answer["results"][0]["path"] == "guide/rivers.md"
+        response = httpx.post(f"{base}/no-redis", json={"query": "Danube", "top_k": 1}, headers={"X-User-ID": "acme"}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["cached"] is False
+        assert response.json()["results"][0]["path"] == "guide/rivers.md"
+    from ray import serve
+
+    serve.delete("search-no-redis")
