@@ -2,6 +2,15 @@
 
 Transient failures (connection refused or reset, timeouts, S3 ``SlowDown``/``InternalError``/503) are retried by
 ``core.retry``; a store that stays unreachable raises ``ServiceUnavailableError("s3", ...)``.
+
+Multipart uploads (AWS S3 API Reference: CreateMultipartUpload, UploadPart, CompleteMultipartUpload,
+AbortMultipartUpload, ListParts, ListMultipartUploads) go through the SDK's low-level calls. S3 limits: parts of
+5 MiB to 5 GiB except the last, part numbers 1 to 10,000, objects of at most 5 TiB, CopyObject of at most 5 GiB.
+SeaweedFS differs from AWS in ways these methods absorb: a second CompleteMultipartUpload of a completed upload
+succeeds (AWS: ``NoSuchUpload``) unless the object was removed since; aborting a completed or aborted upload succeeds
+(AWS: ``NoSuchUpload``); a part number sent twice keeps both sendings, ListParts lists both, and a completion uses
+the one whose ETag it names (AWS keeps the last sending only); and a completion with a gap in the part numbers is
+accepted (callers check the numbers themselves).
 """
 
 from __future__ import annotations
@@ -10,11 +19,13 @@ import dataclasses
 import hashlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import ComposeSource
+from minio.datatypes import Part
 from minio.error import S3Error, ServerError
 
 from core.errors import ServiceUnavailableError
@@ -27,10 +38,30 @@ logger = logging.getLogger(__name__)
 READ_CHUNK_BYTES = 8 * 1024 * 1024
 #: S3 error codes worth retrying (AWS S3 API Reference, "Error responses").
 TRANSIENT_S3_CODES = frozenset({"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"})
+#: The largest object one CopyObject may copy; larger ones are copied part by part (UploadPartCopy).
+MAX_COPY_BYTES = 5 * 1024**3
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
 
 
 class TransientS3Error(Exception):
     """An S3 error response whose code is in ``TRANSIENT_S3_CODES``."""
+
+
+class NoSuchUploadError(LookupError):
+    """The S3 multipart upload does not exist (never did, was aborted, or was completed and its object removed).
+
+    Attributes:
+        key: the object key. upload_id: the S3 multipart upload id.
+    """
+
+    def __init__(self, key: str, upload_id: str) -> None:
+        super().__init__(f"no multipart upload {upload_id!r} for {key!r}")
+        self.key = key
+        self.upload_id = upload_id
+
+
+class BadDigestError(ValueError):
+    """S3 refused a part because its bytes do not match the ``Content-MD5`` sent with them (``BadDigest``)."""
 
 
 _TRANSIENT = (
@@ -57,6 +88,42 @@ class ObjectInfo:
     size: int
     etag: str
     last_modified: datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PartInfo:
+    """One part of a multipart upload, as ListParts tells it.
+
+    Attributes:
+        part_number: 1 to 10,000. etag: without quotes (the hex MD5 of the part's bytes on AWS, MinIO, SeaweedFS).
+        size: bytes.
+    """
+
+    part_number: int
+    etag: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MultipartInfo:
+    """One multipart upload in progress, as ListMultipartUploads tells it.
+
+    Attributes:
+        key: its object key. upload_id: the S3 upload id. initiated: UTC time it was created, or None.
+    """
+
+    key: str
+    upload_id: str
+    initiated: datetime | None = None
+
+
+def multipart_etag(part_md5s: Iterable[str]) -> str:
+    """The ETag S3 gives an object completed from parts with these hex MD5s: ``md5(md5_1 + ... + md5_n)-n``.
+
+    Not an AWS guarantee but what AWS, MinIO and SeaweedFS do for unencrypted uploads.
+    """
+    digests = [bytes.fromhex(m) for m in part_md5s]
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
 class ObjectStore:
@@ -222,6 +289,171 @@ class ObjectStore:
     def remove(self, key: str) -> None:
         """Delete one object; deleting a missing object is not an error (S3 semantics)."""
         self._call(self.client.remove_object, self.bucket, key)
+
+    # -- multipart uploads ---------------------------------------------------------------------------------------
+
+    def _multipart_call(self, key: str, upload_id: str, fn, *args, **kwargs):
+        """``_call`` that turns S3 ``NoSuchUpload`` into :class:`NoSuchUploadError`."""
+        try:
+            return self._call(fn, *args, **kwargs)
+        except S3Error as exc:
+            if exc.code == "NoSuchUpload":
+                raise NoSuchUploadError(key, upload_id) from exc
+            raise
+
+    def create_multipart_upload(self, key: str, content_type: str = "") -> str:
+        """Start a multipart upload of ``key`` (CreateMultipartUpload).
+
+        A retried call whose first attempt reached S3 can leave an unused upload behind; ``jobs.janitor`` aborts
+        such leftovers once they are older than the upload TTL.
+
+        Args:
+            key: the object key the completed upload will have.
+            content_type: MIME type stored with the object (``application/octet-stream`` when empty).
+
+        Returns:
+            The S3 upload id.
+
+        Raises:
+            ServiceUnavailableError: S3 cannot be reached.
+        """
+        headers = {"Content-Type": content_type or "application/octet-stream"}
+        return self._call(lambda: self.client._create_multipart_upload(self.bucket, key, dict(headers)))
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | bytearray, *, content_md5: str) -> str:
+        """Send one part (UploadPart); sending a part number again replaces that part.
+
+        Args:
+            key, upload_id: the multipart upload.
+            part_number: 1 to 10,000.
+            data: the part's bytes (S3: 5 MiB to 5 GiB, except the last part).
+            content_md5: base64 of the MD5 of ``data``; S3 refuses the part when its bytes do not match.
+
+        Returns:
+            The part's ETag without quotes.
+
+        Raises:
+            NoSuchUploadError: the upload was aborted or completed.
+            BadDigestError: S3 computed another MD5 (the bytes were damaged on the way).
+            ServiceUnavailableError: S3 cannot be reached.
+        """
+        if not 1 <= part_number <= 10_000:
+            raise ValueError(f"part_number={part_number} must be 1 to 10,000 (S3 limit)")
+        try:
+            etag = self._multipart_call(
+                key, upload_id, self.client._upload_part, self.bucket, key, data, {"Content-MD5": content_md5},
+                upload_id, part_number,
+            )
+        except S3Error as exc:
+            if exc.code in {"BadDigest", "InvalidDigest"}:
+                raise BadDigestError(f"S3 refused part {part_number} of {key!r}: {exc.code}") from exc
+            raise
+        return (etag or "").strip('"')
+
+    def complete_multipart_upload(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> str:
+        """Join the parts into the object (CompleteMultipartUpload), in ascending part number.
+
+        Args:
+            key, upload_id: the multipart upload.
+            parts: ``(part_number, etag)`` pairs, in any order.
+
+        Returns:
+            The object's ETag without quotes.
+
+        Raises:
+            NoSuchUploadError: the upload does not exist any more (on AWS also when a first attempt, whose answer
+                was lost, already completed it: check the object then).
+            ServiceUnavailableError: S3 cannot be reached.
+        """
+        ordered = [Part(n, etag) for n, etag in sorted(parts)]
+        result = self._multipart_call(
+            key, upload_id, self.client._complete_multipart_upload, self.bucket, key, upload_id, ordered
+        )
+        return (result.etag or "").strip('"')
+
+    def abort_multipart_upload(self, key: str, upload_id: str) -> bool:
+        """Abort a multipart upload and free its parts (AbortMultipartUpload); idempotent.
+
+        Returns:
+            ``False`` when S3 reports that the upload does not exist (any more).
+        """
+        try:
+            self._multipart_call(key, upload_id, self.client._abort_multipart_upload, self.bucket, key, upload_id)
+        except NoSuchUploadError:
+            return False
+        logger.info("aborted multipart upload %s of %s", upload_id, key)
+        return True
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """The parts S3 holds for a multipart upload, by part number (ListParts, every page).
+
+        A part number sent more than once appears once per distinct ETag on SeaweedFS (see the module docstring).
+
+        Raises:
+            NoSuchUploadError: the upload does not exist.
+        """
+        parts: dict[tuple[int, str], PartInfo] = {}
+        marker: str | None = None
+        while True:
+            page = self._multipart_call(
+                key, upload_id, self.client._list_parts, self.bucket, key, upload_id, part_number_marker=marker
+            )
+            for p in page.parts or []:
+                info = PartInfo(int(p.part_number), (p.etag or "").strip('"'), int(p.size or 0))
+                parts[(info.part_number, info.etag)] = info
+            if not page.is_truncated or not page.next_part_number_marker or page.next_part_number_marker == marker:
+                break
+            marker = str(page.next_part_number_marker)
+        return [parts[k] for k in sorted(parts)]
+
+    def list_multipart_uploads(self, prefix: str = "") -> list[MultipartInfo]:
+        """Multipart uploads in progress whose key starts with ``prefix`` (ListMultipartUploads, every page)."""
+        found: list[MultipartInfo] = []
+        key_marker: str | None = None
+        upload_marker: str | None = None
+        while True:
+            try:
+                page = self._call(
+                    self.client._list_multipart_uploads, self.bucket, prefix=prefix, key_marker=key_marker,
+                    upload_id_marker=upload_marker,
+                )
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket":
+                    return []
+                raise
+            found.extend(
+                MultipartInfo(u.object_name, u.upload_id or "", u.initiated_time) for u in page.uploads or []
+            )
+            # minio 7.2 stores NextUploadIdMarker under a misspelt attribute name; read both.
+            next_upload = getattr(page, "self._next_upload_id_marker", None) or page.next_upload_id_marker
+            markers = (page.next_key_marker, next_upload)
+            if not page.is_truncated or not any(markers) or markers == (key_marker, upload_marker):
+                break
+            key_marker, upload_marker = markers
+        return found
+
+    def copy(self, source_key: str, key: str, *, content_type: str = "") -> ObjectInfo:
+        """Copy an object inside the bucket on the server (CopyObject; UploadPartCopy past 5 GiB).
+
+        Args:
+            source_key: what to copy. key: where to. content_type: set on the copy (kept from the source if empty).
+
+        Returns:
+            The copy's size and ETag.
+
+        Raises:
+            KeyError: no object ``source_key``.
+        """
+        metadata = {"Content-Type": content_type} if content_type else None
+        try:
+            self._call(
+                self.client.compose_object, self.bucket, key, [ComposeSource(self.bucket, source_key)], metadata=metadata
+            )
+        except S3Error as exc:
+            if exc.code in _NOT_FOUND_CODES:
+                raise KeyError(source_key) from exc
+            raise
+        return self.stat(key)
 
     def check(self) -> None:
         """Fail fast when the S3 server cannot be reached.

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -24,11 +27,26 @@ TENANT_HEADER = "X-User-ID"
 
 
 class ApiError(HTTPException):
-    """An HTTP error with a stable ``code``; rendered as ``{"error": code, "detail": detail}``."""
+    """An HTTP error with a stable ``code``; rendered as ``{"error": code, "detail": detail, **extra}``.
 
-    def __init__(self, status_code: int, code: str, detail: str) -> None:
-        super().__init__(status_code=status_code, detail=detail)
+    Args:
+        status_code: the HTTP status. code: the stable error code. detail: human-readable text.
+        extra: more fields of the JSON body (e.g. ``missing_parts``). headers: response headers (``Retry-After``).
+    """
+
+    def __init__(
+        self, status_code: int, code: str, detail: str, *, extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
         self.code = code
+        self.extra = dict(extra or {})
+
+    def response(self) -> JSONResponse:
+        """The JSON response of this error."""
+        return JSONResponse(
+            {"error": self.code, "detail": self.detail, **self.extra}, status_code=self.status_code, headers=self.headers
+        )
 
 
 def tenant_of(request: Request) -> str:
@@ -36,13 +54,16 @@ def tenant_of(request: Request) -> str:
 
     Raises:
         ApiError: 401 ``missing_user`` when the header is absent or blank, 400 ``bad_user`` when it holds a ``/``
-            or a control character.
+            or a control character, is longer than 128 characters, or is ``.`` or ``..``.
     """
     tenant = (request.headers.get(TENANT_HEADER) or "").strip()
     if not tenant:
         raise ApiError(401, "missing_user", f"the {TENANT_HEADER} header names the caller and is required")
-    if "/" in tenant or any(ord(c) < 32 for c in tenant) or len(tenant) > 128:
-        raise ApiError(400, "bad_user", f"{TENANT_HEADER} must be at most 128 characters, without '/' or control characters")
+    if "/" in tenant or any(unicodedata.category(c) == "Cc" for c in tenant) or len(tenant) > 128 or tenant in {".", ".."}:
+        raise ApiError(
+            400, "bad_user", f"{TENANT_HEADER} must be at most 128 characters, without '/' or control characters, "
+            "and not '.' or '..'",
+        )
     return tenant
 
 
@@ -62,33 +83,86 @@ def _serve_request_id() -> str | None:
         return None
 
 
+class RequestLog:
+    """ASGI middleware: logs each request's start and end with its request id, sets ``X-Request-ID``, and turns an
+    unhandled exception into a JSON 500.
+
+    A plain ASGI middleware rather than ``@app.middleware("http")``: it leaves the request body stream untouched
+    (Starlette's ``BaseHTTPMiddleware`` relays every body chunk through a memory stream).
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        serve_rid = _serve_request_id()
+        rid = serve_rid or headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        started = time.perf_counter()
+        state = {"status": 0}
+        logger.info("request %s start %s %s user=%s", rid, scope.get("method"), scope.get("path"),
+                    headers.get(TENANT_HEADER, "-"))
+
+        async def send_with_id(message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                if not serve_rid:  # under Serve, the proxy sets the header itself
+                    MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("request %s failed", rid)
+            if state["status"]:
+                raise
+            response = JSONResponse({"error": "internal_error", "detail": "an unexpected error occurred"}, status_code=500)
+            await response(scope, receive, send_with_id)
+        finally:
+            logger.info("request %s end %d in %.1f ms", rid, state["status"] or 500, (time.perf_counter() - started) * 1000)
+
+
 def install_common_handlers(app: FastAPI) -> None:
     """Add the request-id middleware and the JSON error handlers to ``app``."""
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        serve_rid = _serve_request_id()
-        rid = serve_rid or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        started = time.perf_counter()
-        logger.info("request %s start %s %s", rid, request.method, request.url.path)
-        try:
-            response = await call_next(request)
-        except Exception:
-            logger.exception("request %s failed", rid)
-            response = JSONResponse({"error": "internal_error", "detail": "an unexpected error occurred"}, status_code=500)
-        if not serve_rid:  # under Serve, the proxy sets the header itself
-            response.headers[REQUEST_ID_HEADER] = rid
-        logger.info("request %s end %d in %.1f ms", rid, response.status_code, (time.perf_counter() - started) * 1000)
-        return response
+    app.add_middleware(RequestLog)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status_code)
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": "http_error", "detail": str(exc.detail)}, status_code=exc.status_code)
+        return JSONResponse({"error": "http_error", "detail": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "invalid_request", "detail": validation_detail(exc)}, status_code=422)
+
+
+class ContractPaths:
+    """ASGI middleware that routes on the contract's absolute paths whatever the Serve route prefix.
+
+    Ray Serve mounts an application at its route prefix (``scope["root_path"]``), and Starlette routes on the path
+    below it; an application whose routes are the contract's paths (``/v1/uploads/...``) and that is deployed at the
+    route prefix ``/v1/uploads`` would then never match. This sets ``root_path`` to what precedes ``prefix`` in the
+    path (a global root path stays honoured).
+
+    Args:
+        app: the ASGI application. prefix: the contract path the routes start with.
+    """
+
+    def __init__(self, app, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope.get("type") in ("http", "websocket"):
+            index = scope.get("path", "").find(self.prefix)
+            if index >= 0 and scope.get("root_path", "") != scope["path"][:index]:
+                scope = dict(scope, root_path=scope["path"][:index])
+        await self.app(scope, receive, send)

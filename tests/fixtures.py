@@ -59,7 +59,8 @@ def ray_local() -> Iterator[dict]:
         ray.shutdown()
     previous = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    context = ray.init(num_cpus=2, include_dashboard=False, namespace="sluice", log_to_driver=False)
+    # address="local": always a new instance, never a cluster some `ray start` left on this machine.
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="sluice", log_to_driver=False)
     try:
         yield context.address_info
     finally:

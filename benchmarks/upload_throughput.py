@@ -1,0 +1,224 @@
+"""Upload throughput through Ray Serve, beside a plain ``put_object`` to the same S3 server.
+
+Starts its own PostgreSQL, Redis and S3 servers (``cluster.local.stack``), a local Ray and the ``uploads`` Serve
+application, writes a file of random bytes, then uploads it three ways in one run:
+
+1. ``put_object`` of the file straight to S3 with the MinIO SDK (the limit: no Serve, no verification);
+2. the raw API: create, 4 parts in parallel (``Content-MD5`` each), complete;
+3. ``sluice upload`` (the client CLI, in a subprocess, 4 parallel parts).
+
+Each upload goes to its own path; each API upload ends with the server's read-back SHA-256 check and the copy to the
+document's key, both counted. Prints one JSON line: MB/s of each, their ratios to the plain put, and the peak RSS of
+the Serve replica (and of the Serve proxy) sampled every 0.2 s.
+
+    python benchmarks/upload_throughput.py [--size-mib 512] [--part-mib 16] [--parallel 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cluster.local.stack import free_port, start_postgres, start_redis, start_s3  # noqa: E402
+
+MB = 1_000_000
+MiB = 1024**2
+TENANT = "bench"
+
+
+class PeakRss:
+    """Samples some processes every 0.25 s; ``peak[name]`` is the largest RSS, ``peak_uss[name]`` the largest USS.
+
+    RSS counts the shared-memory pages of Ray's object store that a process maps; USS (memory private to the
+    process) does not, so it is the replica's own footprint.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid}
+        self.peak = {name: 0 for name in self.procs}
+        self.peak_uss = {name: 0 for name in self.procs}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, proc in self.procs.items():
+                try:
+                    info = proc.memory_full_info()
+                    self.peak[name] = max(self.peak[name], info.rss)
+                    self.peak_uss[name] = max(self.peak_uss[name], info.uss)
+                except psutil.Error:
+                    pass
+            self._stop.wait(0.25)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _proxy_pid() -> int:
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "ProxyActor" in " ".join(proc.info["cmdline"] or []):
+            return proc.info["pid"]
+    return 0
+
+
+def raw_api_upload(base_url: str, path: Path, remote: str, sha256: str, parallel: int, part_size: int) -> dict:
+    """Create, send the parts ``parallel`` at a time, complete; returns the completion's answer."""
+    size = path.stat().st_size
+    with httpx.Client(base_url=base_url, timeout=600, headers={"X-User-ID": TENANT}) as http:
+        created = http.post("/v1/uploads", json={"path": remote, "size": size, "sha256": sha256, "part_size": part_size})
+        created.raise_for_status()
+        body = created.json()
+        fd = os.open(path, os.O_RDONLY)
+
+        def send(n: int) -> None:
+            offset = (n - 1) * body["part_size"]
+            data = os.pread(fd, min(body["part_size"], size - offset), offset)
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+            http.put(f"/v1/uploads/{body['upload_id']}/parts/{n}", content=data, headers={"Content-MD5": md5}).raise_for_status()
+
+        try:
+            with ThreadPoolExecutor(parallel) as pool:
+                list(pool.map(send, range(1, body["part_count"] + 1)))
+        finally:
+            os.close(fd)
+        parts_done = time.perf_counter()
+        done = http.post(f"/v1/uploads/{body['upload_id']}/complete")
+        done.raise_for_status()
+        return {**done.json(), "complete_s": time.perf_counter() - parts_done}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=512, help="file size in MiB (default %(default)s)")
+    parser.add_argument("--part-mib", type=int, default=16, help="part size in MiB (default %(default)s)")
+    parser.add_argument("--parallel", type=int, default=4, help="parts in flight (default %(default)s)")
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    from core.objects import ObjectStore
+    from core.settings import Settings
+    from serve.uploads.app import build_app
+
+    part_size = args.part_mib * MiB
+    with tempfile.TemporaryDirectory(prefix="sluice-upload-bench-") as tmp:
+        root = Path(tmp)
+        pg = start_postgres(root / "pg", free_port(), die_with_parent=True)
+        rd = start_redis(root / "redis", free_port(), die_with_parent=True)
+        s3 = start_s3(root / "s3", free_port(), "bench", "bench-secret", die_with_parent=True)
+        try:
+            settings = Settings(
+                postgres_dsn=pg.dsn, redis_url=rd.url, s3_endpoint=s3.endpoint, s3_access_key="bench",
+                s3_secret_key="bench-secret", s3_bucket="bench", qdrant_path=root / "qdrant", upload_part_size=part_size,
+            )
+            objects = ObjectStore(settings, timeout_s=600)
+            objects.ensure_bucket()
+            data_path = root / "payload.bin"
+            with open(data_path, "wb") as f:
+                for _ in range(args.size_mib):
+                    f.write(os.urandom(MiB))
+            size = data_path.stat().st_size
+            sha256 = hashlib.sha256(data_path.read_bytes()).hexdigest()
+
+            # Warm up: the first write to a new bucket makes SeaweedFS grow its volumes.
+            objects.client.put_object("bench", "warm-up", io.BytesIO(os.urandom(part_size)), part_size)
+            objects.remove("warm-up")
+            started = time.perf_counter()
+            objects.client.fput_object("bench", f"{TENANT}/direct/payload.bin", str(data_path), part_size=part_size)
+            direct_s = time.perf_counter() - started
+
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            overrides = settings.model_dump(mode="python") | {
+                "s3_secret_key": "bench-secret", "qdrant_path": str(settings.qdrant_path), "qdrant_api_key": None,
+            }
+            serve.run(build_app({"settings_overrides": overrides}), name="uploads", route_prefix="/v1/uploads")
+            base_url = f"http://127.0.0.1:{port}"
+            handle = serve.get_deployment_handle("UploadsAPI", app_name="uploads")
+            replica_pid = handle.replica_pid.remote().result()
+
+            replica_before = psutil.Process(replica_pid).memory_full_info()
+            with PeakRss({"replica": replica_pid, "proxy": _proxy_pid()}) as rss:
+                started = time.perf_counter()
+                raw = raw_api_upload(base_url, data_path, "raw/payload.bin", sha256, args.parallel, part_size)
+                raw_s = time.perf_counter() - started
+
+                state = root / "client-state.json"
+                started = time.perf_counter()
+                cli = subprocess.run(
+                    [sys.executable, "-m", "serve.client.cli", "--url", base_url, "--tenant", TENANT, "upload",
+                     str(data_path), "--to", "cli", "--parallel", str(args.parallel), "--part-size-mib",
+                     str(args.part_mib), "--state-file", str(state), "--no-progress"],
+                    capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                )
+                cli_s = time.perf_counter() - started
+            if cli.returncode != 0:
+                raise RuntimeError(f"sluice upload failed ({cli.returncode}): {cli.stderr[-2000:]}")
+            part_peak = handle.part_memory_peak.remote().result()
+            stored_ok = all(
+                objects.stat(f"{TENANT}/{p}/payload.bin").size == size for p in ("direct", "raw", "cli")
+            ) and raw["sha256"] == sha256
+        finally:
+            try:
+                serve.shutdown()
+                ray.shutdown()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+            for server in (s3, rd, pg):
+                server.stop(timeout_s=5)
+
+    def mbps(seconds: float) -> float:
+        return round(size / MB / seconds, 1)
+
+    result = {
+        "benchmark": "upload_throughput",
+        "size_mib": args.size_mib,
+        "part_mib": args.part_mib,
+        "parallel_parts": args.parallel,
+        "direct_put_object_mb_s": mbps(direct_s),
+        "raw_api_mb_s": mbps(raw_s),
+        "sluice_upload_mb_s": mbps(cli_s),
+        "raw_api_ratio": round(direct_s / raw_s, 3),
+        "sluice_upload_ratio": round(direct_s / cli_s, 3),
+        "seconds": {"direct": round(direct_s, 2), "raw_api": round(raw_s, 2), "raw_api_complete": round(raw["complete_s"], 2),
+                    "sluice_upload": round(cli_s, 2)},
+        "replica_peak_rss_mib": round(rss.peak.get("replica", 0) / MiB, 1),
+        "replica_rss_before_mib": round(replica_before.rss / MiB, 1),
+        "replica_peak_uss_mib": round(rss.peak_uss.get("replica", 0) / MiB, 1),
+        "replica_uss_before_mib": round(replica_before.uss / MiB, 1),
+        "proxy_peak_rss_mib": round(rss.peak.get("proxy", 0) / MiB, 1),
+        "replica_part_memory_peak_mib": round(part_peak / MiB, 1),
+        "stored_sizes_ok": stored_ok,
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

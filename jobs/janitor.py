@@ -1,0 +1,90 @@
+"""``python -m jobs.janitor``: clean up uploads (the ``janitor`` Ray job; run it on a schedule).
+
+Run it directly, or on a running cluster with::
+
+    ray job submit --working-dir . -- python -m jobs.janitor
+
+One run, in order:
+
+1. **expire**: pending uploads past ``SLUICE_UPLOAD_TTL_S`` are aborted in S3, their part rows deleted, and marked
+   ``expired``;
+2. **retry**: uploads left ``completing`` by a completion that died are completed again; after
+   ``SLUICE_UPLOAD_MAX_ATTEMPTS`` attempts they are cleaned up and marked ``failed`` with the reason;
+3. **sweep**: staging multipart uploads and staging objects that no live upload owns are removed (those of no
+   upload at all only once older than the TTL: they may belong to an upload being created).
+
+Safe to run concurrently with itself and with the Serve app: expiry takes each upload with
+``FOR UPDATE SKIP LOCKED``, a retry holds the upload's completion lock, and the sweep only removes what no live
+upload owns. The last line of standard output is one JSON object with the counts and ``seconds``. Exit status 0,
+or 2 when S3 or PostgreSQL could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import psycopg
+
+from core.errors import ConfigurationError, ServiceUnavailableError
+from core.settings import Settings
+
+logger = logging.getLogger("jobs.janitor")
+
+EXIT_INFRASTRUCTURE = 2
+
+
+def run_janitor(settings: Settings, *, limit: int = 1000) -> dict[str, float]:
+    """One janitor pass; returns the counts.
+
+    Args:
+        settings: services and the upload TTL and maximum attempts.
+        limit: at most this many uploads expired per run.
+
+    Raises:
+        ServiceUnavailableError: S3 or PostgreSQL cannot be reached.
+    """
+    from core.uploads import UploadService
+
+    started = time.perf_counter()
+    service = UploadService(settings)
+    try:
+        summary: dict[str, float] = {}
+        summary.update(service.expire_due(limit))
+        summary.update(service.retry_stuck())
+        summary.update(service.sweep(min_age_s=settings.upload_ttl_s))
+    finally:
+        service.close()
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job; print the JSON summary as the last line; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.janitor", description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=1000, help="expire at most this many uploads (default %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        summary = run_janitor(Settings(), limit=args.limit)
+    except ServiceUnavailableError as exc:
+        print(f"janitor failed: {exc.service} is unreachable: {exc.detail}", file=sys.stderr)
+        print(json.dumps({"error": "service_unavailable", "service": exc.service, "detail": exc.detail}))
+        return EXIT_INFRASTRUCTURE
+    except psycopg.OperationalError as exc:
+        print(f"janitor failed: postgres: {exc}", file=sys.stderr)
+        print(json.dumps({"error": "service_unavailable", "service": "postgres", "detail": str(exc)}))
+        return EXIT_INFRASTRUCTURE
+    except ConfigurationError as exc:
+        print(f"janitor failed: {exc}", file=sys.stderr)
+        print(json.dumps({"error": "configuration", "detail": str(exc)}))
+        return EXIT_INFRASTRUCTURE
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

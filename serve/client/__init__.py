@@ -1,0 +1,1 @@
+"""The ``sluice`` command-line client (``serve/client/cli.py:main``) and its HTTP client (:class:`SluiceClient`)."""

@@ -1,0 +1,176 @@
+"""An HTTP client of the Sluice API (``/v1/uploads``, ``/v1/search``) with bounded retries.
+
+Transient failures (connection errors, timeouts, 429, 500, 502, 503, 504) are retried with exponential backoff and
+jitter (tenacity), a bounded number of times; any other answer is returned to the caller as it is. Every call of the
+upload API is idempotent or safe to repeat: a part sent twice replaces itself, a completion sent twice returns the
+first answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+#: Statuses worth retrying.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ApiAnswerError(Exception):
+    """An answer that is not the expected one. Attributes: status_code; code (the JSON ``error``); body."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": "http_error", "detail": response.text[:500]}
+        if not isinstance(body, dict):
+            body = {"error": "http_error", "detail": str(body)[:500]}
+        self.status_code = response.status_code
+        self.code = str(body.get("error", "http_error"))
+        self.body = body
+        super().__init__(f"HTTP {response.status_code} {self.code}: {body.get('detail', '')}")
+
+
+class _Retryable(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, (httpx.TransportError, _Retryable))
+
+
+class SluiceClient:
+    """Calls one Sluice server as one tenant.
+
+    Args:
+        url: the server's base URL (``http://127.0.0.1:8000``).
+        tenant: sent as ``X-User-ID``.
+        timeout_s: seconds per request (connect, read, write).
+        attempts: tries per request, the first included.
+        transport: an ``httpx`` transport (a seam for tests: ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self, url: str, tenant: str, *, timeout_s: float = 120.0, attempts: int = 6,
+        transport: httpx.BaseTransport | None = None, max_wait_s: float = 20.0,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url={url!r} must start with http:// or https://")
+        if not tenant:
+            raise ValueError("tenant is empty: pass --tenant or set SLUICE_TENANT")
+        if attempts < 1:
+            raise ValueError(f"attempts={attempts} must be at least 1")
+        self.url = url.rstrip("/")
+        self.tenant = tenant
+        self.attempts = attempts
+        self.max_wait_s = max_wait_s
+        self.http = httpx.Client(
+            base_url=self.url, timeout=timeout_s, transport=transport, headers={"X-User-ID": tenant},
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.http.close()
+
+    def __enter__(self) -> "SluiceClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request, retrying transient failures; returns the last response (any status).
+
+        Raises:
+            httpx.TransportError: the server could not be reached after every attempt.
+        """
+
+        def attempt() -> httpx.Response:
+            response = self.http.request(method, path, **kwargs)
+            if response.status_code in RETRY_STATUSES:
+                raise _Retryable(response)
+            return response
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_random_exponential(multiplier=0.5, max=self.max_wait_s),
+            retry=retry_if_exception(_transient),
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Retryable as exc:
+            return exc.response
+
+    def _json(self, response: httpx.Response, *ok: int) -> dict[str, Any]:
+        if response.status_code not in ok:
+            raise ApiAnswerError(response)
+        return response.json() if response.content else {}
+
+    # -- uploads -------------------------------------------------------------------------------------------------
+
+    def create_upload(self, path: str, size: int, *, sha256: str | None = None, content_type: str = "",
+                      part_size: int | None = None, on_conflict: str = "new_version") -> dict[str, Any]:
+        """``POST /v1/uploads``: 201 (a new upload) or 200 (``deduplicated``).
+
+        Raises:
+            ApiAnswerError: any other answer (400 bad path, 409 conflict, 413 too large...).
+        """
+        body: dict[str, Any] = {"path": path, "size": size, "on_conflict": on_conflict}
+        if sha256:
+            body["sha256"] = sha256
+        if content_type:
+            body["content_type"] = content_type
+        if part_size:
+            body["part_size"] = part_size
+        return self._json(self.request("POST", "/v1/uploads", json=body), 200, 201)
+
+    def put_part(self, upload_id: str, part_number: int, data: bytes) -> dict[str, Any]:
+        """``PUT /v1/uploads/{id}/parts/{n}`` with the part's ``Content-MD5``.
+
+        Raises:
+            ApiAnswerError: any answer but 200.
+        """
+        headers = {"Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
+                   "Content-Type": "application/octet-stream"}
+        response = self.request("PUT", f"/v1/uploads/{upload_id}/parts/{part_number}", content=data, headers=headers)
+        return self._json(response, 200)
+
+    def upload_status(self, upload_id: str) -> dict[str, Any] | None:
+        """``GET /v1/uploads/{id}``; ``None`` when the server does not know it (404)."""
+        response = self.request("GET", f"/v1/uploads/{upload_id}")
+        if response.status_code == 404:
+            return None
+        return self._json(response, 200)
+
+    def complete(self, upload_id: str, *, timeout_s: float | None = None) -> httpx.Response:
+        """``POST /v1/uploads/{id}/complete``; the response as it is (200, 409, 422...)."""
+        kwargs: dict[str, Any] = {"timeout": timeout_s} if timeout_s else {}
+        return self.request("POST", f"/v1/uploads/{upload_id}/complete", **kwargs)
+
+    def abort(self, upload_id: str) -> None:
+        """``DELETE /v1/uploads/{id}`` (404 and 409 are ignored: nothing left to abort)."""
+        response = self.request("DELETE", f"/v1/uploads/{upload_id}")
+        if response.status_code not in (204, 404, 409):
+            raise ApiAnswerError(response)
+
+    # -- search --------------------------------------------------------------------------------------------------
+
+    def search(self, query: str, *, top_k: int = 10, mode: str = "hybrid", path_prefix: str = "") -> dict[str, Any]:
+        """``POST /v1/search``.
+
+        Raises:
+            ApiAnswerError: any answer but 200.
+        """
+        body: dict[str, Any] = {"query": query, "top_k": top_k, "mode": mode}
+        if path_prefix:
+            body["filters"] = {"path_prefix": path_prefix}
+        return self._json(self.request("POST", "/v1/search", json=body), 200)

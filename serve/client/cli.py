@@ -1,0 +1,149 @@
+"""``sluice``: the command-line client of a Sluice server.
+
+    sluice upload PATH... [--to PREFIX] [--parallel 4] [--jobs 4] [--json]
+    sluice search "query" [--top-k 10] [--mode hybrid|dense|sparse] [--prefix P] [--json]
+
+The server is ``--url`` or ``$SLUICE_URL`` (default http://127.0.0.1:8000); the caller is ``--tenant`` or
+``$SLUICE_TENANT``. ``upload`` sends files and folders (a folder keeps its name: ``docs/a.md`` under ``--to kb``
+becomes ``kb/docs/a.md``), resumes uploads an earlier run left unfinished (state in ``$SLUICE_STATE_FILE``, by
+default ``~/.local/state/sluice/uploads.json``), and prints one line per file. Exit status: 0 when every file is
+stored, 1 when some failed, 2 when the server cannot be reached or the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from serve.client.api import DEFAULT_URL, ApiAnswerError, SluiceClient
+from serve.client.state import StateFile, default_state_path
+from serve.client.uploader import FileResult, Uploader, plan
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+MiB = 1024**2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description="Upload files to, and search, a Sluice server.")
+    parser.add_argument("--url", default=os.environ.get("SLUICE_URL", DEFAULT_URL),
+                        help="server base URL (default: $SLUICE_URL or %(default)s)")
+    parser.add_argument("--tenant", default=os.environ.get("SLUICE_TENANT", ""),
+                        help="your tenant, sent as X-User-ID (default: $SLUICE_TENANT)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each request")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("upload", help="upload files and folders (resumable)")
+    up.add_argument("paths", nargs="+", help="files and folders to upload")
+    up.add_argument("--to", default="", metavar="PREFIX", help="document path prefix (folder) to upload into")
+    up.add_argument("--parallel", type=int, default=4, help="parts in flight per file (default %(default)s)")
+    up.add_argument("--jobs", type=int, default=4, help="files uploaded at once (default %(default)s)")
+    up.add_argument("--part-size-mib", type=int, default=0, help="part size in MiB (default: the server's)")
+    up.add_argument("--state-file", type=Path, default=None, help="resume state (default: $SLUICE_STATE_FILE or "
+                    "~/.local/state/sluice/uploads.json)")
+    up.add_argument("--no-progress", action="store_true", help="no progress bar")
+    up.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
+
+    se = sub.add_parser("search", help="search your documents")
+    se.add_argument("query")
+    se.add_argument("--top-k", type=int, default=10)
+    se.add_argument("--mode", choices=("hybrid", "dense", "sparse"), default="hybrid")
+    se.add_argument("--prefix", default="", help="only documents whose path starts with this")
+    se.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    return parser
+
+
+def _describe(result: FileResult) -> str:
+    if not result.ok:
+        return f"failed    {result.remote}: {result.error}"
+    what = "unchanged" if result.deduplicated else ("resumed  " if result.resumed else "uploaded ")
+    return f"{what} {result.remote} ({result.size / MiB:.1f} MiB) -> document {result.document_id} version {result.version}"
+
+
+def run_upload(args: argparse.Namespace, client: SluiceClient) -> int:
+    """The ``upload`` command."""
+    if args.parallel < 1 or args.jobs < 1:
+        print("sluice: --parallel and --jobs must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        files = plan(args.paths, args.to)
+    except FileNotFoundError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    total = sum(p.stat().st_size for p, _ in files)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{len(files)} file(s)",
+               disable=args.no_progress or args.json or not sys.stderr.isatty(), file=sys.stderr)
+    uploader = Uploader(client, StateFile(args.state_file or default_state_path()), parallel=args.parallel,
+                        part_size=args.part_size_mib * MiB or None, on_progress=bar.update)
+    failed = 0
+    try:
+        with ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="file") as pool:
+            for result in pool.map(lambda item: uploader.upload(*item), files):
+                failed += not result.ok
+                line = json.dumps(dataclasses.asdict(result), ensure_ascii=False) if args.json else _describe(result)
+                bar.write(line, file=sys.stdout)
+    finally:
+        bar.close()
+    if not args.json:
+        print(f"{len(files) - failed} of {len(files)} file(s) stored", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def run_search(args: argparse.Namespace, client: SluiceClient) -> int:
+    """The ``search`` command."""
+    answer = client.search(args.query, top_k=args.top_k, mode=args.mode, path_prefix=args.prefix)
+    if args.json:
+        print(json.dumps(answer, ensure_ascii=False))
+        return EXIT_OK
+    results = answer.get("results", [])
+    if not results:
+        print("no results")
+    for rank, hit in enumerate(results, 1):
+        where = f"page {hit['page']}" if hit.get("page") else f"chunk {hit.get('chunk_index', 0)}"
+        print(f"{rank:>2}. {hit['path']}  (version {hit['version']}, {hit.get('modality', 'text')}, {where})  "
+              f"score {hit['score']:.4f}")
+        text = " ".join(str(hit.get("text", "")).split())
+        print(f"    {text[:200]}{'...' if len(text) > 200 else ''}")
+    print(f"{len(results)} result(s) in {answer.get('took_ms', 0):.0f} ms{' (cached)' if answer.get('cached') else ''}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Run ``sluice``; returns the exit status.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        transport: an ``httpx`` transport for the client (a seam for tests).
+    """
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        client = SluiceClient(args.url, args.tenant, timeout_s=args.timeout, transport=transport)
+    except ValueError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with client:
+            return run_upload(args, client) if args.command == "upload" else run_search(args, client)
+    except httpx.TransportError as exc:
+        print(f"sluice: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApiAnswerError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.status_code in (400, 401, 422) else EXIT_SOME_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

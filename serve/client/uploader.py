@@ -1,0 +1,197 @@
+"""Uploading files and folders through ``/v1/uploads``: parallel parts, retries, resume, progress.
+
+One file: hash it (SHA-256, so the server can verify the stored bytes and skip unchanged files), create the upload,
+send the missing parts in parallel (each with its ``Content-MD5``), complete. The upload id is kept in the state
+file until the completion answered, so an interrupted run resumes: it asks ``GET /v1/uploads/{id}`` which parts the
+server has and sends only the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import mimetypes
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from serve.client.api import ApiAnswerError, SluiceClient
+from serve.client.state import StateFile
+
+logger = logging.getLogger(__name__)
+
+HASH_BLOCK_BYTES = 8 * 1024**2
+#: How long to keep asking while another completion of the same upload runs, seconds.
+COMPLETE_PATIENCE_S = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FileResult:
+    """The outcome of one file.
+
+    Attributes:
+        local: the local path. remote: the document path. ok: whether it is stored. document_id, version: the
+        version it is now (None on failure). deduplicated: the bytes equalled the latest version's. resumed: an
+        interrupted upload was continued. error: why it failed. size: bytes.
+    """
+
+    local: str
+    remote: str
+    ok: bool
+    size: int = 0
+    document_id: str | None = None
+    version: int | None = None
+    deduplicated: bool = False
+    resumed: bool = False
+    error: str | None = None
+
+
+def plan(paths: Iterable[str | os.PathLike[str]], prefix: str = "") -> list[tuple[Path, str]]:
+    """``(local file, document path)`` for every file under ``paths``, like ``cp -r``.
+
+    A file becomes ``PREFIX/<file name>``; a folder ``PREFIX/<folder name>/<relative path>`` for each regular file
+    under it (symbolic links to folders are not followed).
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
+    prefix = prefix.strip("/")
+    out: list[tuple[Path, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            out.append((path, str(PurePosixPath(prefix, path.resolve().name)) if prefix else path.resolve().name))
+        elif path.is_dir():
+            base = path.resolve()
+            for folder, dirs, files in os.walk(base):
+                dirs.sort()
+                for name in sorted(files):
+                    local = Path(folder, name)
+                    if not local.is_file():
+                        continue
+                    rel = PurePosixPath(base.name, *local.relative_to(base).parts)
+                    out.append((local, str(PurePosixPath(prefix, rel)) if prefix else str(rel)))
+        else:
+            raise FileNotFoundError(f"{raw}: no such file or folder")
+    return out
+
+
+def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """The hex SHA-256 of a file, read in 8 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK_BYTES):
+            h.update(block)
+            if on_bytes:
+                on_bytes(len(block))
+    return h.hexdigest()
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"local": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class Uploader:
+    """Uploads files with one :class:`SluiceClient`.
+
+    Args:
+        client: the API client (its retries cover each request).
+        state: the resume state file.
+        parallel: parts in flight at once, per file.
+        part_size: bytes per part to ask for (``None``: the server's default).
+        on_progress: called with a number of bytes each time a part is stored (progress bars).
+    """
+
+    def __init__(self, client: SluiceClient, state: StateFile, *, parallel: int = 4, part_size: int | None = None,
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        if parallel < 1:
+            raise ValueError(f"parallel={parallel} must be at least 1")
+        self.client = client
+        self.state = state
+        self.parallel = parallel
+        self.part_size = part_size
+        self.on_progress = on_progress or (lambda n: None)
+
+    def upload(self, local: Path, remote: str) -> FileResult:
+        """Upload one file (resuming an unfinished upload of it); never raises for a per-file failure."""
+        try:
+            return self._upload(local, remote)
+        except ApiAnswerError as exc:
+            return FileResult(str(local), remote, ok=False, error=str(exc))
+        except OSError as exc:
+            return FileResult(str(local), remote, ok=False, error=f"{type(exc).__name__}: {exc}")
+
+    def _upload(self, local: Path, remote: str) -> FileResult:
+        key = StateFile.key(self.client.url, self.client.tenant, remote)
+        fingerprint = _fingerprint(local)
+        entry = self.state.get(key)
+        status = None
+        if entry and all(entry.get(k) == v for k, v in fingerprint.items()):
+            status = self.client.upload_status(entry["upload_id"])
+        elif entry:
+            self.client.abort(entry["upload_id"])  # the file changed: that upload can never complete correctly
+            self.state.remove(key)
+            entry = None
+        resumed = False
+        if status is not None and status["status"] in ("pending", "completing", "completed"):
+            resumed = True
+            upload_id, sha256, part_size = entry["upload_id"], entry["sha256"], status["part_size"]
+            missing = status["missing_parts"]
+            self.on_progress(status["bytes_received"])
+        else:
+            if entry:
+                self.state.remove(key)
+            sha256 = entry["sha256"] if entry else file_sha256(local)
+            created = self.client.create_upload(
+                remote, fingerprint["size"], sha256=sha256, content_type=mimetypes.guess_type(remote)[0] or "",
+                part_size=self.part_size,
+            )
+            if created.get("deduplicated"):
+                self.on_progress(fingerprint["size"])
+                return FileResult(str(local), remote, ok=True, size=fingerprint["size"],
+                                  document_id=created["document_id"], version=created["version"], deduplicated=True)
+            upload_id, part_size = created["upload_id"], created["part_size"]
+            missing = list(range(1, created["part_count"] + 1))
+            self.state.put(key, {**fingerprint, "upload_id": upload_id, "sha256": sha256, "remote": remote})
+        self._send_parts(local, upload_id, missing, part_size, fingerprint["size"])
+        answer = self._complete(upload_id, fingerprint["size"])
+        self.state.remove(key)
+        return FileResult(str(local), remote, ok=True, size=fingerprint["size"], document_id=answer["document_id"],
+                          version=answer["version"], deduplicated=bool(answer.get("deduplicated")), resumed=resumed)
+
+    def _send_parts(self, local: Path, upload_id: str, numbers: list[int], part_size: int, size: int) -> None:
+        if not numbers:
+            return
+        fd = os.open(local, os.O_RDONLY)
+        try:
+            def send(n: int) -> None:
+                offset = (n - 1) * part_size
+                data = os.pread(fd, min(part_size, size - offset), offset)
+                self.client.put_part(upload_id, n, data)
+                self.on_progress(len(data))
+
+            with ThreadPoolExecutor(max_workers=min(self.parallel, len(numbers)), thread_name_prefix="part") as pool:
+                for future in [pool.submit(send, n) for n in numbers]:
+                    future.result()
+        finally:
+            os.close(fd)
+
+    def _complete(self, upload_id: str, size: int) -> dict[str, Any]:
+        """Complete, waiting out a completion in progress elsewhere (e.g. our own earlier, timed-out attempt)."""
+        # The server reads the object back to verify it: allow for that on large files.
+        timeout_s = max(120.0, size / (20 * 1024**2))
+        deadline = time.monotonic() + COMPLETE_PATIENCE_S
+        while True:
+            response = self.client.complete(upload_id, timeout_s=timeout_s)
+            if response.status_code == 200:
+                return response.json()
+            error = ApiAnswerError(response)
+            if error.code == "completion_in_progress" and time.monotonic() < deadline:
+                time.sleep(float(response.headers.get("Retry-After", "2")))
+                continue
+            raise error

@@ -1,0 +1,51 @@
+"""Request bodies and the path check of the ``uploads`` application."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from core.errors import InvalidPathError
+from core.ids import MAX_KEY_BYTES
+
+#: Unicode categories refused in a path beyond ``core.ids`` (which refuses Cc): lone surrogates (Cs, which UTF-8
+#: cannot encode) and the line and paragraph separators (Zl, Zp), which act as line breaks in logs and listings.
+EXTRA_REFUSED_CATEGORIES = frozenset({"Cs", "Zl", "Zp"})
+
+
+class CreateUpload(BaseModel):
+    """The body of ``POST /v1/uploads`` (unknown fields are refused, so a misspelt ``sha256`` is not ignored).
+
+    Attributes:
+        path: the document path (relative, ``/``-separated; NFC and NFD spellings are one document).
+        size: bytes of the whole file, 0 to ``SLUICE_MAX_UPLOAD_BYTES``.
+        sha256: hex SHA-256 of the whole file; checked against the stored bytes at completion.
+        content_type: MIME type (printable ASCII); guessed from the path when empty.
+        part_size: bytes per part, 5 MiB to 5 GiB (raised so that at most 10,000 parts are needed).
+        on_conflict: ``new_version`` (default) or ``reject`` (409 when the path exists).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: StrictStr = Field(max_length=4096)
+    size: StrictInt = Field(ge=0)
+    sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    content_type: StrictStr = Field(default="", max_length=255, pattern=r"^[\x20-\x7e]*$")
+    part_size: StrictInt | None = Field(default=None, ge=1)
+    on_conflict: Literal["new_version", "reject"] = "new_version"
+
+
+def check_path_characters(path: str) -> None:
+    """Refuse what ``core.ids.normalise_path`` lets through but a path must not hold.
+
+    Raises:
+        InvalidPathError: a lone surrogate, a line or paragraph separator, or more than 1024 bytes of UTF-8.
+    """
+    for c in path:
+        if unicodedata.category(c) in EXTRA_REFUSED_CATEGORIES:
+            raise InvalidPathError(path.encode("utf-8", "backslashreplace").decode("ascii", "replace"),
+                                   f"the path contains the character U+{ord(c):04X}, which is not allowed")
+    if len(path.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidPathError(path[:64] + "...", f"the path is longer than {MAX_KEY_BYTES} bytes")

@@ -1,0 +1,178 @@
+"""The ``sluice`` command: uploading folders (resumably) through a real Serve app, and printing search results."""
+
+from __future__ import annotations
+
+import json
+import os
+import unicodedata
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.objects import ObjectStore
+from serve.client.api import SluiceClient
+from serve.client.cli import main
+from serve.client.state import StateFile
+from serve.client.uploader import Uploader, plan
+from tests.serve.upload_helpers import PART, MiB, Uploads, new_tenant, settings_overrides
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client_settings(make_settings):
+    return make_settings(upload_part_size=PART)
+
+
+@pytest.fixture(scope="module")
+def objects(client_settings) -> ObjectStore:
+    store = ObjectStore(client_settings)
+    store.ensure_bucket()
+    return store
+
+
+@pytest.fixture(scope="module")
+def base_url(client_settings, objects, serve_http) -> str:
+    from serve.uploads.app import build_app
+
+    return serve_http(build_app({"settings_overrides": settings_overrides(client_settings)}), "uploads",
+                      route_prefix="/v1/uploads")
+
+
+@pytest.fixture
+def tenant() -> str:
+    return new_tenant()
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.md").write_text("# A\n\nHello.\n")
+    (root / "sub" / "big.bin").write_bytes(os.urandom(2 * PART + 123))
+    (root / "empty.txt").write_bytes(b"")
+    (root / unicodedata.normalize("NFD", "café.txt")).write_text("crème")
+    return root
+
+
+def sluice(base_url: str, tenant: str, state: Path, *args: str) -> int:
+    return main(["--url", base_url, "--tenant", tenant, "upload", *args, "--state-file", str(state), "--no-progress"])
+
+
+def test_uploading_a_folder_keeps_its_layout(base_url, tenant, folder, objects, tmp_path, capsys):
+    assert sluice(base_url, tenant, tmp_path / "state.json", str(folder), "--to", "kb") == 0
+    out = capsys.readouterr().out
+    assert out.count("uploaded") == 4
+    for path in folder.rglob("*"):
+        if path.is_file():
+            key = unicodedata.normalize("NFC", f"{tenant}/kb/docs/{path.relative_to(folder).as_posix()}")
+            assert objects.get_bytes(key) == path.read_bytes()
+    assert json.loads((tmp_path / "state.json").read_text()) == {}
+
+    assert sluice(base_url, tenant, tmp_path / "state.json", str(folder), "--to", "kb") == 0
+    assert capsys.readouterr().out.count("unchanged") == 4  # the same bytes make no new version
+
+
+def test_an_interrupted_upload_resumes_with_the_missing_parts(base_url, tenant, tmp_path, objects, capsys):
+    data = os.urandom(3 * PART + 1)
+    local = tmp_path / "large.bin"
+    local.write_bytes(data)
+    state = StateFile(tmp_path / "state.json")
+
+    class Flaky(SluiceClient):
+        sent = 0
+
+        def put_part(self, upload_id, part_number, data):
+            if Flaky.sent >= 2:
+                raise httpx.ConnectError("the network went away")
+            Flaky.sent += 1
+            return super().put_part(upload_id, part_number, data)
+
+    with Flaky(base_url, tenant, attempts=1) as flaky, pytest.raises(httpx.ConnectError):
+        Uploader(flaky, state, parallel=1).upload(local, "big/large.bin")
+    (entry,) = json.loads(state.path.read_text()).values()
+    server = Uploads(base_url, tenant)
+    assert server.status(entry["upload_id"]).json()["received_parts"] == [1, 2]
+
+    assert sluice(base_url, tenant, state.path, str(local), "--to", "big") == 0
+    assert "resumed" in capsys.readouterr().out
+    finished = server.status(entry["upload_id"]).json()
+    assert finished["status"] == "completed" and finished["result"]["version"] == 1
+    assert objects.get_bytes(f"{tenant}/big/large.bin") == data
+
+
+def test_a_file_changed_since_the_interruption_starts_over(base_url, tenant, tmp_path, objects, capsys):
+    local = tmp_path / "notes.txt"
+    local.write_bytes(b"first draft")
+    state = StateFile(tmp_path / "state.json")
+    with SluiceClient(base_url, tenant) as client:
+        created = client.create_upload("notes.txt", local.stat().st_size)
+    state.put(StateFile.key(base_url, tenant, "notes.txt"),
+              {"local": str(local.resolve()), "size": 11, "mtime_ns": 1, "upload_id": created["upload_id"], "sha256": "0" * 64})
+    local.write_bytes(b"second draft, longer")
+    assert sluice(base_url, tenant, state.path, str(local)) == 0
+    assert objects.get_bytes(f"{tenant}/notes.txt") == b"second draft, longer"
+    assert Uploads(base_url, tenant).status(created["upload_id"]).json()["status"] == "aborted"
+
+
+def test_usage_errors_exit_2(base_url, tmp_path, capsys):
+    assert main(["--url", base_url, "--tenant", "", "upload", str(tmp_path)]) == 2
+    assert main(["--url", base_url, "--tenant", "x", "upload", str(tmp_path / "nope")]) == 2
+    assert main(["--url", "http://127.0.0.1:9", "--tenant", "x", "search", "q"]) == 2
+    assert "cannot reach" in capsys.readouterr().err
+
+
+def test_a_refused_file_is_reported_and_the_others_go_on(base_url, tenant, tmp_path, objects, capsys):
+    (tmp_path / "ok.txt").write_text("fine")
+    (tmp_path / ("n" * 250 + ".txt")).write_text("its key would pass 1024 bytes")
+    prefix = "/".join(["p" * 200] * 4)
+    files = [str(tmp_path / "ok.txt"), str(tmp_path / ("n" * 250 + ".txt"))]
+    assert sluice(base_url, tenant, tmp_path / "s.json", *files, "--to", prefix) == 1
+    out = capsys.readouterr().out
+    assert "uploaded" in out and "failed" in out and "bad_path" in out
+    assert objects.get_bytes(f"{tenant}/{prefix}/ok.txt") == b"fine"
+
+
+def test_search_prints_ranked_results():
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["tenant"] = request.headers["X-User-ID"]
+        seen["body"] = json.loads(request.content)
+        return httpx.Response(200, json={"results": [
+            {"point_id": "p", "document_id": "d", "version": 2, "path": "guide/rivers.md", "modality": "text",
+             "chunk_index": 0, "text": "The Danube flows\nthrough ten countries.", "score": 0.5, "links": []},
+        ], "took_ms": 12.0, "cached": False})
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--url", "http://sluice.test", "--tenant", "acme", "search", "river", "--top-k", "3"],
+                    transport=httpx.MockTransport(handler))
+    assert code == 0
+    assert seen == {"tenant": "acme", "body": {"query": "river", "top_k": 3, "mode": "hybrid"}}
+    assert "guide/rivers.md" in out.getvalue() and "The Danube flows through ten countries." in out.getvalue()
+
+
+def test_transient_answers_are_retried():
+    answers = iter([httpx.Response(503), httpx.Response(502), httpx.Response(200, json={"results": [], "took_ms": 1})])
+    with SluiceClient("http://sluice.test", "acme", transport=httpx.MockTransport(lambda r: next(answers)),
+                      max_wait_s=0.01) as client:
+        assert client.search("q")["results"] == []
+    with SluiceClient("http://sluice.test", "acme", attempts=2, max_wait_s=0.01,
+                      transport=httpx.MockTransport(lambda r: httpx.Response(503))) as client:
+        assert client.request("GET", "/x").status_code == 503
+
+
+def test_plan_names_files_like_cp(tmp_path):
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "e" / "f.txt").write_text("f")
+    (tmp_path / "g.txt").write_text("g")
+    assert [r for _, r in plan([tmp_path / "d", tmp_path / "g.txt"])] == ["d/e/f.txt", "g.txt"]
+    assert [r for _, r in plan([tmp_path / "d"], "/kb/")] == ["kb/d/e/f.txt"]
+    with pytest.raises(FileNotFoundError):
+        plan([tmp_path / "missing"])
+    assert MiB == 1024**2

@@ -1,0 +1,91 @@
+"""Helpers shared by the upload tests: an HTTP client of ``/v1/uploads`` for one tenant, and the app's settings."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import uuid
+from typing import Any
+
+import httpx
+
+MiB = 1024**2
+#: The smallest part S3 allows; tests use it with files of at most ~11 MiB to stay fast.
+PART = 5 * MiB
+
+
+def settings_overrides(settings) -> dict[str, Any]:
+    """``Settings`` as ``settings_overrides`` of a Serve app (secrets and paths as plain values)."""
+    return settings.model_dump(mode="python") | {
+        "s3_secret_key": settings.s3_secret_key.get_secret_value(),
+        "qdrant_path": str(settings.qdrant_path),
+        "qdrant_api_key": None,
+    }
+
+
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def random_bytes(size: int) -> bytes:
+    """``size`` random bytes."""
+    return os.urandom(size)
+
+
+def new_tenant() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+class Uploads:
+    """A thin client of ``/v1/uploads`` for one tenant (raw HTTP, no retries: tests see every answer)."""
+
+    def __init__(self, base_url: str, tenant: str | None, timeout_s: float = 60.0) -> None:
+        self.base = f"{base_url}/v1/uploads"
+        self.tenant = tenant
+        self.http = httpx.Client(timeout=timeout_s)
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        h = {"X-User-ID": self.tenant} if self.tenant is not None else {}
+        h.update(extra)
+        return h
+
+    def create(self, path: str, size: int, **fields: Any) -> httpx.Response:
+        return self.http.post(self.base, json={"path": path, "size": size, **fields}, headers=self.headers())
+
+    def put(self, upload_id: str, n: int | str, data: bytes, *, md5: bool = True, sha256: bool = False,
+            headers: dict[str, str] | None = None) -> httpx.Response:
+        h = self.headers(**(headers or {}))
+        if md5:
+            h.setdefault("Content-MD5", md5_b64(data))
+        if sha256:
+            h.setdefault("X-Checksum-SHA256", sha256_hex(data))
+        return self.http.put(f"{self.base}/{upload_id}/parts/{n}", content=data, headers=h)
+
+    def status(self, upload_id: str) -> httpx.Response:
+        return self.http.get(f"{self.base}/{upload_id}", headers=self.headers())
+
+    def complete(self, upload_id: str, timeout_s: float | None = None) -> httpx.Response:
+        kwargs = {"timeout": timeout_s} if timeout_s is not None else {}
+        return self.http.post(f"{self.base}/{upload_id}/complete", headers=self.headers(), **kwargs)
+
+    def abort(self, upload_id: str) -> httpx.Response:
+        return self.http.delete(f"{self.base}/{upload_id}", headers=self.headers())
+
+    def send_all(self, upload_id: str, data: bytes, part_size: int, order: list[int] | None = None) -> None:
+        count = max(1, -(-len(data) // part_size)) if data else 0
+        for n in order or range(1, count + 1):
+            r = self.put(upload_id, n, data[(n - 1) * part_size : n * part_size])
+            assert r.status_code == 200, r.text
+
+    def upload(self, path: str, data: bytes, **fields: Any) -> httpx.Response:
+        """Create, send every part, complete; the completion's answer."""
+        created = self.create(path, len(data), sha256=sha256_hex(data), **fields)
+        assert created.status_code == 201, created.text
+        body = created.json()
+        self.send_all(body["upload_id"], data, body["part_size"])
+        return self.complete(body["upload_id"])
