@@ -1,0 +1,75 @@
+"""The completion lock: one completion at a time per upload (:class:`CompletionLock`).
+
+A PostgreSQL session-level advisory lock held on a dedicated connection for the whole completion. A process that
+dies loses its connection and with it the lock, so an upload left ``completing`` with its lock free is known to be
+abandoned (``jobs.janitor`` retries it).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import psycopg
+from psycopg.rows import dict_row
+
+from core.retry import call_with_retry
+from core.settings import Settings
+from core.uploads.state import _TRANSIENT
+
+#: Key class of the completion advisory locks (two-key form; the catalog uses the one-key form).
+LOCK_CLASS = 0x511CE
+
+
+class CompletionLock:
+    """The advisory lock that allows one completion of an upload at a time.
+
+    A session-level ``pg_try_advisory_lock`` on a dedicated connection (not the pool's: the lock must live exactly
+    as long as the completion, and dies with the process that holds it).
+
+    Args:
+        settings: ``postgres_dsn`` is used. upload_id: the upload.
+    """
+
+    def __init__(self, settings: Settings, upload_id: str) -> None:
+        self.settings = settings
+        self.key = int.from_bytes(uuid.UUID(upload_id).bytes[:4], "big", signed=True)
+        self._conn: psycopg.Connection | None = None
+        self.held = False
+
+    def acquire(self, wait_s: float = 0.0, poll_s: float = 0.25) -> bool:
+        """Try to take the lock, polling for up to ``wait_s`` seconds; ``True`` when held.
+
+        Raises:
+            ServiceUnavailableError: PostgreSQL cannot be reached.
+        """
+        if self._conn is None:
+            self._conn = call_with_retry(
+                "postgres",
+                lambda: psycopg.connect(self.settings.postgres_dsn, autocommit=True, connect_timeout=5, row_factory=dict_row),
+                transient=_TRANSIENT,
+            )
+        deadline = time.monotonic() + wait_s
+        while True:
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s, %s) AS ok", (LOCK_CLASS, self.key)).fetchone()
+            if row["ok"]:
+                self.held = True
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+
+    def release(self) -> None:
+        """Release the lock and close the connection (idempotent)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()  # ends the session, which releases its advisory locks
+            finally:
+                self._conn = None
+                self.held = False
+
+    def __enter__(self) -> "CompletionLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,369 @@
+"""The upload workflow: create, store a part, describe, complete, abort (:class:`UploadService`).
+
+Each step talks to S3 and PostgreSQL together, for the Serve app and ``jobs.janitor`` (whose steps, expire, retry and
+sweep, live in :mod:`core.uploads.maintenance`).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import logging
+import mimetypes
+import uuid
+from typing import Any
+
+from minio.error import S3Error
+
+from core.errors import ServiceUnavailableError
+from core.events import NewVersionEvent
+from core.ids import normalise_path, object_key
+from core.objects import BadDigestError, NoSuchUploadError, ObjectStore, multipart_etag
+from core.settings import Settings
+from core.types import Version
+from core.uploads.errors import (
+    CompletionInProgressError,
+    MissingPartsError,
+    PartIntegrityError,
+    UploadNotFoundError,
+    UploadStateError,
+    UploadTooLargeError,
+)
+from core.uploads.lock import CompletionLock
+from core.uploads.maintenance import UploadMaintenance
+from core.uploads.model import FINAL_STATUSES, Answer, Upload, UploadPart, answer_json, staging_key
+from core.uploads.parts import plan_parts
+from core.uploads.state import UploadStore, _uuid_or_none
+
+logger = logging.getLogger(__name__)
+
+#: SHA-256 of zero bytes.
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+class UploadService(UploadMaintenance):
+    """The upload steps that touch S3 and PostgreSQL together; used by the Serve app and ``jobs.janitor``.
+
+    Bytes go to an S3 multipart upload; completion joins the parts and streams the object back to compute its
+    SHA-256 (the bytes S3 really holds, not the ones the client meant to send). A new path's upload goes straight to
+    ``<tenant>/<path>`` and is removed there when the digest does not match. A new version of an existing path goes
+    to a staging key (:func:`staging_key`) and is copied to ``<tenant>/<path>`` only once verified, so a wrong
+    upload never overwrites, and its clean-up never removes, the current version of a document (the copy is the
+    price of that safety, paid by re-uploads only).
+
+    Args:
+        settings: services, ``max_upload_bytes``, ``upload_part_size``, ``upload_ttl_s``, ``upload_max_attempts``.
+        objects: the S3 adapter (a seam for tests); by default one with a 300 s read timeout (a copy or a completion
+            of a large object answers only when done).
+        store: the state store; by default one on a new catalog pool.
+    """
+
+    def __init__(self, settings: Settings, *, objects: ObjectStore | None = None, store: UploadStore | None = None) -> None:
+        self.settings = settings
+        self.objects = objects if objects is not None else ObjectStore(settings, timeout_s=300.0)
+        self.store = store if store is not None else UploadStore(settings)
+        self.catalog = self.store.catalog
+
+    def close(self) -> None:
+        """Close the database pool."""
+        self.store.close()
+
+    # -- create --------------------------------------------------------------------------------------------------
+
+    def prepare(
+        self, tenant: str, path: str, size: int, *, sha256: str | None = None, content_type: str = "",
+        part_size: int | None = None, on_conflict: str = "new_version",
+    ) -> Upload:
+        """Validate a new upload and plan its parts; nothing is stored or sent.
+
+        Raises:
+            InvalidPathError: the path or tenant breaks the rules of ``core.ids`` (the key is over 1024 bytes...).
+            UploadTooLargeError: ``size`` is above ``max_upload_bytes``.
+            ValueError: the part size is outside 5 MiB to 5 GiB, or ``on_conflict`` is unknown.
+        """
+        key = object_key(tenant, path)
+        if size > self.settings.max_upload_bytes:
+            raise UploadTooLargeError(f"size={size} is above the limit of {self.settings.max_upload_bytes} bytes")
+        if on_conflict not in ("new_version", "reject"):
+            raise ValueError(f"on_conflict={on_conflict!r} must be 'new_version' or 'reject'")
+        chosen, _ = plan_parts(size, part_size, self.settings.upload_part_size)
+        normalised = normalise_path(path)
+        upload_id = str(uuid.uuid4())
+        return Upload(
+            upload_id=upload_id, tenant=tenant, path=normalised, object_key=key, s3_key=key,
+            s3_upload_id="", size=size, sha256=sha256.lower() if sha256 else None,
+            content_type=content_type or mimetypes.guess_type(normalised)[0] or "", part_size=chosen,
+            on_conflict=on_conflict,
+        )
+
+    def start_multipart(self, upload: Upload) -> str:
+        """Create the S3 multipart upload (none for an empty file: ``""``)."""
+        if upload.size == 0:
+            return ""
+        return self.objects.create_multipart_upload(upload.s3_key, upload.content_type)
+
+    def stage_if_needed(self, upload: Upload, s3_upload_id: str, latest: Version | None) -> tuple[Upload, str]:
+        """Move the multipart upload to its staging key when the path already has a version.
+
+        A new path's upload goes straight to ``<tenant>/<path>`` (no copy at completion); a new version of an
+        existing path is staged, so that bytes failing their check never overwrite the current version.
+
+        Returns:
+            The upload and its S3 upload id, changed or not.
+        """
+        if latest is None or upload.size == 0 or upload.s3_key != upload.object_key:
+            return upload, s3_upload_id
+        self.discard_multipart(upload, s3_upload_id)
+        staged = dataclasses.replace(upload, s3_key=staging_key(upload.upload_id))
+        return staged, self.start_multipart(staged)
+
+    def record(self, upload: Upload, s3_upload_id: str) -> Upload:
+        """Store the new upload as ``pending``, expiring after ``upload_ttl_s``."""
+        return self.store.insert(dataclasses.replace(upload, s3_upload_id=s3_upload_id), self.settings.upload_ttl_s)
+
+    def discard_multipart(self, upload: Upload, s3_upload_id: str) -> None:
+        """Abort a multipart upload that turned out not to be needed (best effort: the janitor sweeps leftovers)."""
+        if not s3_upload_id:
+            return
+        try:
+            self.objects.abort_multipart_upload(upload.s3_key, s3_upload_id)
+        except Exception as exc:  # noqa: BLE001 - an orphan is swept by jobs.janitor
+            logger.warning("could not abort unused multipart upload %s: %s", s3_upload_id, exc)
+
+    # -- parts and status ----------------------------------------------------------------------------------------
+
+    def store_part(self, upload: Upload, part_number: int, data: bytes | bytearray, md5_hex: str) -> UploadPart:
+        """Send a verified part to S3 with its Content-MD5, check the ETag, then record it.
+
+        Raises:
+            UploadStateError: the upload is no longer pending (S3 or the catalog says so).
+            PartIntegrityError: S3 refused the digest or answered another ETag; nothing was recorded.
+        """
+        content_md5 = base64.b64encode(bytes.fromhex(md5_hex)).decode()
+        try:
+            etag = self.objects.upload_part(upload.s3_key, upload.s3_upload_id, part_number, data, content_md5=content_md5)
+        except NoSuchUploadError as exc:
+            current = self.store.get(upload.upload_id)
+            raise UploadStateError(current.status if current else "aborted", "the S3 multipart upload is gone") from exc
+        except BadDigestError as exc:
+            raise PartIntegrityError(f"S3 refused part {part_number}: its bytes did not match their MD5") from exc
+        if etag.lower() != md5_hex:
+            raise PartIntegrityError(f"S3 answered ETag {etag!r} for part {part_number}, not its MD5 {md5_hex}")
+        part = UploadPart(part_number, len(data), md5_hex, etag)
+        self.store.record_part(upload.upload_id, part)
+        return part
+
+    def describe(self, upload: Upload) -> dict[str, Any]:
+        """What a client needs to resume or learn the outcome (the body of ``GET /v1/uploads/{id}``)."""
+        parts: list[UploadPart] = []
+        if upload.status == "completed":
+            received, missing, received_bytes = list(range(1, upload.part_count + 1)), [], upload.size
+        elif upload.status in FINAL_STATUSES:
+            received, missing, received_bytes = [], [], 0
+        else:
+            parts = self.store.parts(upload.upload_id)
+            have = {p.part_number for p in parts}
+            received = sorted(have)
+            missing = [n for n in range(1, upload.part_count + 1) if n not in have]
+            received_bytes = sum(p.size for p in parts)
+        body: dict[str, Any] = {
+            "upload_id": upload.upload_id, "status": upload.status, "path": upload.path,
+            "document_id": upload.document_id, "size": upload.size, "sha256": upload.sha256,
+            "part_size": upload.part_size, "part_count": upload.part_count, "received_parts": received,
+            "missing_parts": missing, "bytes_received": received_bytes,
+            "parts": [{"part_number": p.part_number, "size": p.size, "etag": p.etag} for p in parts],
+            "attempts": upload.attempts,
+            "created_at": upload.created_at.isoformat() if upload.created_at else None,
+            "expires_at": upload.expires_at.isoformat() if upload.expires_at else None,
+        }
+        if upload.last_error and upload.status != "completed":
+            body["error"] = upload.last_error
+        if upload.result is not None:
+            body["result"] = upload.result.get("body")
+        return body
+
+    # -- complete ------------------------------------------------------------------------------------------------
+
+    def complete(self, tenant: str | None, upload_id: str, *, wait_s: float = 10.0) -> Answer:
+        """Complete an upload, or return the answer of the completion that already ended.
+
+        Args:
+            tenant: the caller (``None``: any, for the janitor). upload_id: the upload.
+            wait_s: how long to wait for a completion in progress elsewhere before giving up.
+
+        Returns:
+            200 with ``document_id``, ``version``, ``sha256``, ``size``...; or the stored failure (422
+            ``checksum_mismatch``, 409 ``conflict``, 409 ``upload_lost``, 409 ``upload_failed``).
+
+        Raises:
+            UploadNotFoundError, UploadStateError, MissingPartsError, CompletionInProgressError.
+            ServiceUnavailableError: S3 or PostgreSQL failed; the upload stays ``completing`` and may be retried.
+        """
+        upload = self.store.get(upload_id, tenant)
+        if upload is None:
+            raise UploadNotFoundError(f"no upload {upload_id}")
+        if upload.result is not None:
+            return Answer(**upload.result)
+        if upload.status not in ("pending", "completing"):
+            raise UploadStateError(upload.status)
+        with CompletionLock(self.settings, upload.upload_id) as lock:
+            if not lock.acquire(wait_s):
+                raise CompletionInProgressError("another completion of this upload is running; retry later")
+            claimed = self.store.claim(upload.upload_id)
+            if claimed.result is not None:
+                return Answer(**claimed.result)
+            if claimed.attempts > self.settings.upload_max_attempts:
+                return self._give_up(claimed)
+            return self._run_completion(claimed)
+
+    def _run_completion(self, up: Upload) -> Answer:
+        """The completion steps, each skipped when ``progress`` says an earlier attempt did it."""
+        progress = dict(up.progress)
+        try:
+            if up.on_conflict == "reject" and "sha256" not in progress:
+                latest = self.store.latest_version(up.tenant, up.path)
+                if latest is not None:
+                    return self._fail(up, 409, "conflict", f"{up.path!r} exists (version {latest.version}) and "
+                                      "on_conflict is 'reject'", document_id=latest.document_id)
+            if up.size == 0:
+                if up.sha256 and up.sha256 != EMPTY_SHA256:
+                    return self._fail(up, 422, "checksum_mismatch", "the declared SHA-256 is not that of 0 bytes",
+                                      expected=up.sha256, actual=EMPTY_SHA256)
+                sha, etag = EMPTY_SHA256, self.objects.put_bytes(up.object_key, b"", up.content_type or "application/octet-stream")
+            else:
+                if "sha256" not in progress:
+                    failed = self._join_parts(up)
+                    if failed is not None:
+                        return failed
+                    try:
+                        sha, size = self.objects.sha256(up.s3_key)
+                    except S3Error as exc:
+                        if exc.code not in ("NoSuchKey", "NoSuchObject"):
+                            raise
+                        return self._fail(up, 409, "upload_lost", "the completed object is gone from S3")
+                    if size != up.size:
+                        return self._fail(up, 422, "size_mismatch", f"S3 holds {size} bytes, {up.size} were declared",
+                                          ours=True)
+                    if up.sha256 and sha != up.sha256:
+                        return self._fail(up, 422, "checksum_mismatch", f"the declared SHA-256 is {up.sha256}, the "
+                                          f"stored bytes hash to {sha}", ours=True, expected=up.sha256, actual=sha)
+                    verified = {"sha256": sha, "size": size}
+                    if up.direct:
+                        verified["etag"] = self.objects.stat(up.s3_key).etag
+                    self.store.save_progress(up.upload_id, **verified)
+                    progress.update(verified)
+                if not up.direct:
+                    if not progress.get("copied"):
+                        info = self.objects.copy(up.s3_key, up.object_key, content_type=up.content_type)
+                        self.store.save_progress(up.upload_id, copied=True, etag=info.etag)
+                        progress.update(copied=True, etag=info.etag)
+                    self.objects.remove(up.s3_key)
+                sha, etag = progress["sha256"], progress["etag"]
+            registration = self.catalog.register_version(
+                up.tenant, up.path, object_key=up.object_key, sha256=sha, size=up.size,
+                content_type=up.content_type, etag=etag,
+            )
+            version = registration.version
+            answer = answer_json(200, {
+                "document_id": version.document_id, "version": version.version, "sha256": sha, "size": up.size,
+                "path": up.path, "etag": etag, "deduplicated": not registration.created, "upload_id": up.upload_id,
+            })
+            event = (NewVersionEvent(up.tenant, version.document_id, version.version, up.path, up.upload_id)
+                     if registration.created else None)
+            self.store.finish(up.upload_id, answer, event)
+            logger.info("upload %s completed: %s version %d", up.upload_id, version.document_id, version.version)
+            return Answer(**answer)
+        except ServiceUnavailableError as exc:
+            with contextlib.suppress(Exception):
+                self.store.note_error(up.upload_id, f"{exc.service} unavailable: {exc.detail}")
+            raise
+
+    def _join_parts(self, up: Upload) -> Answer | None:
+        """CompleteMultipartUpload with the recorded parts; ``None`` when the object is there, else the failure."""
+        parts = self.store.parts(up.upload_id)
+        try:
+            self.objects.complete_multipart_upload(up.s3_key, up.s3_upload_id, [(p.part_number, p.etag) for p in parts])
+        except NoSuchUploadError:
+            # AWS answers NoSuchUpload to a repeated completion whose first answer was lost: look for the object.
+            try:
+                info = self.objects.stat(up.s3_key)
+            except KeyError:
+                info = None
+            if info is None or info.size != up.size:
+                return self._fail(up, 409, "upload_lost", "the S3 multipart upload no longer exists")
+            logger.info("upload %s: S3 had already completed it (%d bytes)", up.upload_id, info.size)
+        except S3Error as exc:
+            if exc.code not in ("InvalidPart", "InvalidPartOrder"):
+                raise
+            stale = self._stale_parts(up, parts)
+            if not stale:
+                raise
+            self.store.forget_parts(up.upload_id, stale)
+            self.store.reopen(up.upload_id)
+            raise MissingPartsError(stale, []) from exc
+        return None
+
+    def _stale_parts(self, up: Upload, parts: list[UploadPart]) -> list[int]:
+        """Recorded parts that S3 holds with another ETag, or not at all (a crash after a re-send)."""
+        held = {(p.part_number, p.etag) for p in self.objects.list_parts(up.s3_key, up.s3_upload_id)}
+        return [p.part_number for p in parts if (p.part_number, p.etag) not in held]
+
+    def _fail(self, up: Upload, status_code: int, code: str, detail: str, *, ours: bool = False, **extra: Any) -> Answer:
+        """End the upload as ``failed`` with this answer, after removing what it left in S3.
+
+        Args:
+            ours: the object at ``s3_key`` is known to hold this upload's bytes (joined, then refused).
+        """
+        self._clean_s3(up, ours=ours)
+        answer = answer_json(status_code, {"error": code, "detail": detail, **extra})
+        self.store.end(up.upload_id, "failed", f"{code}: {detail}", answer)
+        logger.info("upload %s failed: %s: %s", up.upload_id, code, detail)
+        return Answer(**answer)
+
+    def _give_up(self, up: Upload) -> Answer:
+        """After ``upload_max_attempts``: clean up and fail; finish instead when verified bytes are in place."""
+        if up.progress.get("copied") or (up.direct and "sha256" in up.progress):
+            return self._run_completion(up)
+        reason = f"completion failed {up.attempts - 1} time(s); last error: {up.last_error or 'unknown'}"
+        return self._fail(up, 409, "upload_failed", reason)
+
+    def _clean_s3(self, up: Upload, *, ours: bool = False) -> None:
+        """Abort the multipart upload and remove what it wrote (idempotent, best effort: the janitor sweeps).
+
+        A staging object is always this upload's. The document's own key (a new path's upload goes there) is
+        removed only when it surely holds this upload's bytes: ``ours``, or its ETag is the one S3 gives an object
+        joined from this upload's parts; otherwise it may be another upload's version.
+        """
+        try:
+            if up.s3_upload_id:
+                self.objects.abort_multipart_upload(up.s3_key, up.s3_upload_id)
+            if not up.size:
+                return
+            if ours or not up.direct:
+                self.objects.remove(up.s3_key)
+                return
+            parts = self.store.parts(up.upload_id)
+            if len(parts) != up.part_count:
+                return
+            try:
+                info = self.objects.stat(up.s3_key)
+            except KeyError:
+                return
+            if info.etag == multipart_etag(p.md5 for p in parts):
+                self.objects.remove(up.s3_key)
+        except Exception as exc:  # noqa: BLE001 - jobs.janitor sweeps leftovers of final uploads
+            logger.warning("upload %s: S3 clean-up left for the janitor: %s", up.upload_id, exc)
+
+    # -- abort (expire, retry and sweep: core.uploads.maintenance) -----------------------------------------------
+
+    def abort(self, tenant: str, upload_id: str) -> None:
+        """Abort a pending upload: marked ``aborted``, part rows deleted, S3 multipart upload aborted.
+
+        Raises:
+            UploadNotFoundError, UploadStateError (completing, completed or failed).
+        """
+        if _uuid_or_none(upload_id) is None:
+            raise UploadNotFoundError(f"no upload {upload_id}")
+        upload = self.store.mark_aborted(upload_id, tenant)
+        self._clean_s3(upload)

@@ -1,0 +1,301 @@
+"""The version life cycle in the catalog: register, claim, write, commit, retain, restore, delete, reset.
+
+The transitions of ``document_versions.status`` drawn in :mod:`core.catalog` (``mark_failed``, which also writes a
+dead letter, is in :mod:`core.dead_letters`). :class:`VersionLifecycle` is mixed into :class:`core.catalog.Catalog`.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from core.catalog_records import _DOCUMENT_COLUMNS, _VERSION_COLUMNS, CatalogConflict, Claim, Registration, _version
+from core.ids import document_id as make_document_id
+from core.ids import normalise_path
+from core.types import Document, Version
+
+
+class VersionLifecycle:
+    """The catalog methods that move versions through their life cycle, as methods of :class:`Catalog`.
+
+    Uses the catalog's ``_run(fn, *args)`` (one retried transaction).
+    """
+
+    def register_version(
+        self, tenant: str, path: str, *, object_key: str, sha256: str, size: int, content_type: str = "", etag: str = ""
+    ) -> Registration:
+        """Record new content of a path as a new ``pending`` head version, unless it equals the head version.
+
+        The document row is locked (``SELECT ... FOR UPDATE``) so concurrent registrations of one path number their
+        versions without gaps or duplicates; a retry after a lost commit finds the version already there. Numbers
+        only grow: a path deleted and uploaded again continues after its last version. What search shows
+        (``latest_version``) does not change until the new version is committed by an ingest.
+
+        Args:
+            tenant, path: the document (the path is normalised: NFC and NFD spellings are one document).
+            object_key: where the bytes are. sha256: hex digest of the bytes. size: bytes.
+            content_type: MIME type, ``""`` if unknown. etag: the object's S3 ETag.
+
+        Raises:
+            InvalidPathError: a bad path.
+        """
+        path = normalise_path(path)
+        doc_id = make_document_id(tenant, path)
+
+        def register(conn: psycopg.Connection) -> Registration:
+            conn.execute(
+                "INSERT INTO documents (document_id, tenant, path) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (doc_id, tenant, path),
+            )
+            doc = conn.execute(
+                "SELECT head_version, deleted FROM documents WHERE document_id = %s FOR UPDATE", (doc_id,)
+            ).fetchone()
+            head = doc["head_version"]
+            if head and not doc["deleted"]:
+                row = conn.execute(
+                    f"SELECT {_VERSION_COLUMNS} FROM document_versions v JOIN documents d USING (document_id) "
+                    "WHERE v.document_id = %s AND v.version = %s",
+                    (doc_id, head),
+                ).fetchone()
+                if row["sha256"] == sha256:
+                    if etag and row["etag"] != etag or row["object_key"] != object_key:
+                        conn.execute(
+                            "UPDATE document_versions SET etag = %s, object_key = %s, updated_at = now() "
+                            "WHERE document_id = %s AND version = %s",
+                            (etag or row["etag"], object_key, doc_id, head),
+                        )
+                        row = {**row, "etag": etag or row["etag"], "object_key": object_key}
+                    return Registration(_version(row), created=False)
+            top = conn.execute(
+                "SELECT coalesce(max(version), 0) AS n FROM document_versions WHERE document_id = %s", (doc_id,)
+            ).fetchone()["n"]
+            new = top + 1
+            conn.execute(
+                "INSERT INTO document_versions (document_id, version, object_key, sha256, size, content_type, etag) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (doc_id, new, object_key, sha256, size, content_type, etag),
+            )
+            # Older versions nobody indexed yet are never indexed now: only the newest content is.
+            conn.execute(
+                "UPDATE document_versions SET status = 'superseded', written_count = NULL, updated_at = now() "
+                "WHERE document_id = %s AND version < %s AND status IN ('pending', 'indexing')",
+                (doc_id, new),
+            )
+            conn.execute(
+                "UPDATE documents SET head_version = %s, deleted = false, deleted_at = NULL, updated_at = now() "
+                "WHERE document_id = %s",
+                (new, doc_id),
+            )
+            return Registration(
+                Version(document_id=doc_id, version=new, tenant=tenant, path=path, object_key=object_key,
+                        sha256=sha256, size=size, content_type=content_type, etag=etag),
+                created=True,
+            )
+
+        return self._run(register)
+
+    def claim_versions(self, tenant: str | None, prefix: str = "", *, force: bool = False) -> list[Claim]:
+        """Mark the versions this run must index as ``indexing`` and return them with their previous status.
+
+        Claimed: the head version of each live document (of ``tenant``, or of every tenant when ``None``) under
+        ``prefix`` that is ``pending``, or ``indexing`` (left so by a run that died: it is resumed), or, with
+        ``force``, ``indexed`` (re-embedded in place) or ``failed``.
+        """
+        statuses = ["pending", "indexing"] + (["indexed", "failed"] if force else [])
+
+        def claim(conn: psycopg.Connection) -> list[Claim]:
+            rows = conn.execute(
+                "WITH target AS ("
+                "  SELECT v.document_id, v.version, v.status AS previous_status FROM document_versions v "
+                "  JOIN documents d ON v.document_id = d.document_id AND v.version = d.head_version "
+                "  WHERE NOT d.deleted AND (%s::text IS NULL OR d.tenant = %s) AND starts_with(d.path, %s) "
+                "  AND v.status = ANY(%s) FOR UPDATE OF v) "
+                "UPDATE document_versions v SET status = 'indexing', error = NULL, updated_at = now(), "
+                "  written_count = CASE WHEN t.previous_status = 'indexing' THEN v.written_count END "
+                f"FROM target t, documents d WHERE v.document_id = t.document_id AND v.version = t.version "
+                f"AND d.document_id = v.document_id RETURNING {_VERSION_COLUMNS}, t.previous_status",
+                (tenant, tenant, prefix, statuses),
+            ).fetchall()
+            claims = [Claim(_version({k: r[k] for k in r if k != "previous_status"}), r["previous_status"]) for r in rows]
+            return sorted(claims, key=lambda c: (c.version.tenant, c.version.path))
+
+        return self._run(claim)
+
+    def mark_written(self, outcomes: list[tuple[str, int, int]]) -> None:
+        """Record that every point of these ``(document_id, version, chunk_count)`` is written (not committed yet)."""
+        if not outcomes:
+            return
+
+        def mark(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE document_versions SET written_count = %s, updated_at = now() "
+                    "WHERE document_id = %s AND version = %s AND status = 'indexing'",
+                    [(count, doc, version) for doc, version, count in outcomes],
+                )
+
+        self._run(mark)
+
+    def commit_versions(self, outcomes: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+        """Make written versions the ones search shows, in one transaction.
+
+        For each ``(document_id, version, chunk_count)`` whose version is still ``indexing``, the head, and whose
+        document was not deleted meanwhile: the version becomes ``indexed`` with its chunk count and
+        ``documents.latest_version``; the version shown before becomes ``superseded`` (its points stay, with
+        ``is_latest`` false, while it is retained).
+
+        Returns:
+            The outcomes that were committed (the others lost a race with a delete or a newer version; their points
+            must be removed by the caller).
+        """
+        if not outcomes:
+            return []
+
+        def commit(conn: psycopg.Connection) -> list[tuple[str, int, int]]:
+            done = []
+            for doc, version, count in outcomes:
+                row = conn.execute(
+                    "UPDATE document_versions v SET status = 'indexed', chunk_count = %s, written_count = NULL, "
+                    "error = NULL, indexed_at = now(), updated_at = now() FROM documents d "
+                    "WHERE v.document_id = %s AND v.version = %s AND v.status = 'indexing' "
+                    "AND d.document_id = v.document_id AND d.head_version = v.version AND NOT d.deleted "
+                    "RETURNING v.version",
+                    (count, doc, version),
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute(
+                    "UPDATE document_versions SET status = 'superseded', updated_at = now() "
+                    "WHERE document_id = %s AND version <> %s AND status = 'indexed'",
+                    (doc, version),
+                )
+                conn.execute(
+                    "UPDATE documents SET latest_version = %s, updated_at = now() WHERE document_id = %s",
+                    (version, doc),
+                )
+                done.append((doc, version, count))
+            return done
+
+        return self._run(commit)
+
+    def mark_indexed(self, document_id: str, version: int, chunk_count: int) -> None:
+        """Commit one version (see :meth:`commit_versions`)."""
+        self.commit_versions([(document_id, version, chunk_count)])
+
+    def mark_indexed_many(self, outcomes: list[tuple[str, int, int]]) -> None:
+        """Commit many versions (see :meth:`commit_versions`)."""
+        self.commit_versions(outcomes)
+
+    def retained_versions(self, document_id: str, retention: int) -> list[int]:
+        """The versions of a document whose points are kept: the shown one and the newest other indexed ones.
+
+        Args:
+            retention: how many versions keep points, the shown one included (``settings.version_retention``).
+
+        Returns:
+            Version numbers, newest first; empty for a deleted document.
+        """
+        if retention < 1:
+            raise ValueError(f"retention={retention} must be at least 1")
+
+        def select(conn: psycopg.Connection) -> list[int]:
+            doc = conn.execute("SELECT latest_version, deleted FROM documents WHERE document_id = %s", (document_id,)).fetchone()
+            if doc is None or doc["deleted"]:
+                return []
+            rows = conn.execute(
+                "SELECT version FROM document_versions WHERE document_id = %s AND chunk_count IS NOT NULL "
+                "AND status IN ('indexed', 'superseded') AND version <> %s ORDER BY version DESC LIMIT %s",
+                (document_id, doc["latest_version"], retention - (1 if doc["latest_version"] else 0)),
+            ).fetchall()
+            shown = [doc["latest_version"]] if doc["latest_version"] else []
+            return shown + [r["version"] for r in rows]
+
+        return self._run(select)
+
+    def forget_points(self, document_id: str, versions: list[int]) -> None:
+        """Record that these versions no longer have points (``chunk_count`` cleared; they cannot be restored)."""
+        if versions:
+            self._run(
+                lambda conn: conn.execute(
+                    "UPDATE document_versions SET chunk_count = NULL, updated_at = now() "
+                    "WHERE document_id = %s AND version = ANY(%s) AND status = 'superseded'",
+                    (document_id, versions),
+                )
+            )
+
+    def restore_version(self, document_id: str, version: int) -> Document:
+        """Make a retained older version the one search shows (and the head) again, in the catalog.
+
+        Newer versions become ``superseded`` (those not indexed yet are never indexed). The caller flips the
+        points' ``is_latest`` flags (``core.lifecycle.restore_version`` does both).
+
+        Raises:
+            CatalogConflict: ``not_found`` (no such document or version), ``deleted``, or ``not_restorable`` (the
+                version was never indexed or its points are no longer retained).
+        """
+
+        def restore(conn: psycopg.Connection) -> Document:
+            doc = conn.execute(f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE document_id = %s FOR UPDATE",
+                               (document_id,)).fetchone()
+            if doc is None:
+                raise CatalogConflict("not_found", f"no document {document_id}")
+            if doc["deleted"]:
+                raise CatalogConflict("deleted", f"document {document_id} was deleted")
+            row = conn.execute(
+                "SELECT status, chunk_count FROM document_versions WHERE document_id = %s AND version = %s",
+                (document_id, version),
+            ).fetchone()
+            if row is None:
+                raise CatalogConflict("not_found", f"document {document_id} has no version {version}")
+            if row["status"] not in ("indexed", "superseded") or row["chunk_count"] is None:
+                raise CatalogConflict("not_restorable", f"version {version} is {row['status']} and has no retained points")
+            conn.execute(
+                "UPDATE document_versions SET status = CASE WHEN version = %s THEN 'indexed' ELSE 'superseded' END, "
+                "written_count = NULL, updated_at = now() WHERE document_id = %s "
+                "AND (version = %s OR status IN ('indexed', 'pending', 'indexing'))",
+                (version, document_id, version),
+            )
+            updated = conn.execute(
+                f"UPDATE documents SET latest_version = %s, head_version = %s, updated_at = now() "
+                f"WHERE document_id = %s RETURNING {_DOCUMENT_COLUMNS}",
+                (version, version, document_id),
+            ).fetchone()
+            return Document(**updated)
+
+        return self._run(restore)
+
+    def mark_deleted(self, document_id: str) -> Document | None:
+        """Mark a document deleted (rows kept): search shows nothing; versions not indexed yet never will be.
+
+        Idempotent. Returns the document as it was before, or ``None`` when there is no such document.
+        """
+
+        def delete(conn: psycopg.Connection) -> Document | None:
+            doc = conn.execute(f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE document_id = %s FOR UPDATE",
+                               (document_id,)).fetchone()
+            if doc is None:
+                return None
+            conn.execute(
+                "UPDATE documents SET deleted = true, deleted_at = coalesce(deleted_at, now()), latest_version = 0, "
+                "updated_at = now() WHERE document_id = %s",
+                (document_id,),
+            )
+            conn.execute(
+                "UPDATE document_versions SET status = 'superseded', chunk_count = NULL, written_count = NULL, "
+                "updated_at = now() WHERE document_id = %s AND status IN ('pending', 'indexing', 'indexed', 'superseded')",
+                (document_id,),
+            )
+            return Document(**doc)
+
+        return self._run(delete)
+
+    def reset_to_pending(self, document_id: str, version: int) -> bool:
+        """Set a live document's head version back to ``pending`` so the next ingest re-indexes it (reconcile)."""
+        row = self._run(
+            lambda conn: conn.execute(
+                "UPDATE document_versions v SET status = 'pending', written_count = NULL, updated_at = now() "
+                "FROM documents d WHERE v.document_id = %s AND v.version = %s AND d.document_id = v.document_id "
+                "AND d.head_version = v.version AND NOT d.deleted RETURNING v.version",
+                (document_id, version),
+            ).fetchone()
+        )
+        return row is not None
