@@ -1,21 +1,19 @@
-"""``make demo``: put a folder of real files into the local stack's S3, ingest it with a Ray job, ask three queries.
+"""``make demo``: upload a folder of real files through the uploads API, ingest it with a Ray job, ask three queries.
 
-Run after ``make up`` with ``.sluice/env`` sourced (the Makefile does both). Uses only libraries (the MinIO SDK and
-httpx) and the ``ray job submit`` command, like any client of a running Sluice would.
+Run after ``make up`` with ``.sluice/env`` sourced (the Makefile does both). Uses the ``sluice`` client, httpx and
+the ``ray job submit`` command, like any client of a running Sluice would.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import mimetypes
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
-from minio import Minio
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_QUERIES = (
@@ -26,36 +24,35 @@ DEFAULT_QUERIES = (
 
 
 def upload_folder(corpus: Path, tenant: str) -> int:
-    """Put every file under ``corpus`` to ``s3://$SLUICE_S3_BUCKET/<tenant>/<relative path>``; return the count."""
-    client = Minio(
-        os.environ["SLUICE_S3_ENDPOINT"],
-        access_key=os.environ["SLUICE_S3_ACCESS_KEY"],
-        secret_key=os.environ["SLUICE_S3_SECRET_KEY"],
-        secure=os.environ.get("SLUICE_S3_SECURE", "false").lower() == "true",
-    )
-    bucket = os.environ.get("SLUICE_S3_BUCKET", "sluice")
-    if not client.bucket_exists(bucket):
-        client.make_bucket(bucket)
-    count = 0
-    for path in sorted(p for p in corpus.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        rel = path.relative_to(corpus).as_posix()
-        if rel.upper() == "README.MD":
-            continue
-        content_type = mimetypes.guess_type(rel)[0] or "application/octet-stream"
-        client.fput_object(bucket, f"{tenant}/{rel}", str(path), content_type=content_type)
-        count += 1
-    return count
+    """Upload every file under ``corpus`` through ``POST /v1/uploads`` with the ``sluice`` client; return the count.
+
+    Each top-level entry of the folder (but its README.md) is passed to ``sluice upload``, so document paths are the
+    files' paths relative to ``corpus``. Every completed upload registers a pending version for the ingest job.
+
+    Raises:
+        SystemExit: the client could not store every file (its output names which and why).
+    """
+    entries = sorted(p for p in corpus.iterdir() if not p.name.startswith(".") and p.name.upper() != "README.MD")
+    url = os.environ.get("SLUICE_SERVE_URL", "http://127.0.0.1:8000")
+    cmd = [sys.executable, "-m", "serve.client", "--url", url, "--tenant", tenant, "upload", "--no-progress",
+           *map(str, entries)]
+    print("$ sluice --tenant", tenant, "upload", " ".join(p.name for p in entries), flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        raise SystemExit(f"sluice upload failed (exit {proc.returncode})")
+    return sum(1 for line in proc.stdout.splitlines() if line.split(" ", 1)[0] in {"uploaded", "unchanged", "resumed"})
 
 
 def submit_ingest(tenant: str) -> dict:
-    """Run ``jobs.ingest --scan`` through ``ray job submit`` and return its JSON summary (its last line)."""
+    """Run ``jobs.ingest`` (the pending versions the uploads made) through ``ray job submit``; return its summary."""
     dashboard = os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265")
     cmd = [
         "ray", "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
         "--runtime-env-json", json.dumps({"excludes": [".venv", ".sluice", ".git", "benchmarks"]}),
-        "--", "python", "-m", "jobs.ingest", "--tenant", tenant, "--scan",
+        "--", "python", "-m", "jobs.ingest", "--tenant", tenant,
     ]
-    print("$", " ".join(cmd[:6]), "... -- python -m jobs.ingest --tenant", tenant, "--scan", flush=True)
+    print("$", " ".join(cmd[:6]), "... -- python -m jobs.ingest --tenant", tenant, flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     sys.stdout.write(proc.stdout[-4000:])
     if proc.returncode != 0:
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if not corpus.is_dir():
         raise SystemExit(f"CORPUS={corpus} is not a folder")
     print(f"uploading {corpus} to tenant {args.tenant!r} ...", flush=True)
-    print(f"{upload_folder(corpus, args.tenant)} files uploaded", flush=True)
+    print(f"{upload_folder(corpus, args.tenant)} files stored", flush=True)
     summary = submit_ingest(args.tenant)
     print("ingest summary:", json.dumps(summary))
     ask(args.query or list(DEFAULT_QUERIES), args.tenant)
