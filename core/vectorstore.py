@@ -6,8 +6,10 @@
   reader and writer (ingest workers, search replicas) calls it through :class:`EmbeddedQdrantClient`.
 
 Nothing above this module knows which one it talks to. The collection (ARCHITECTURE.md, "Qdrant collection"):
-named vectors ``text`` (dense, cosine, the text model's dimension) and ``bm25`` (sparse, ``Modifier.IDF``: Qdrant
-computes IDF, we store BM25 term-frequency weights); payload indexes on tenant, document_id, is_latest, modality.
+named vectors ``text`` (dense, cosine, the text model's dimension), ``image`` (dense, cosine, the CLIP model's
+dimension; only when an image model is configured) and ``bm25`` (sparse, ``Modifier.IDF``: Qdrant
+computes IDF, we store BM25 term-frequency weights); payload indexes on tenant, document_id, is_latest, modality, kind (and the others of
+``INDEXED_FIELDS``).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ logger = logging.getLogger(__name__)
 
 TEXT_VECTOR = "text"
 SPARSE_VECTOR = "bm25"
+#: The dense CLIP vector of image chunks (only in collections built with an image model).
+IMAGE_VECTOR = "image"
 #: Payload fields that get an index (filters on them must stay fast as the collection grows).
 INDEXED_FIELDS = {
     "tenant": models.PayloadSchemaType.KEYWORD,
     "document_id": models.PayloadSchemaType.KEYWORD,
     "is_latest": models.PayloadSchemaType.BOOL,
     "modality": models.PayloadSchemaType.KEYWORD,
+    "kind": models.PayloadSchemaType.KEYWORD,
     "path": models.PayloadSchemaType.KEYWORD,
     "dirs": models.PayloadSchemaType.KEYWORD,
     "version": models.PayloadSchemaType.INTEGER,
@@ -188,22 +193,29 @@ class VectorStore:
             self._client = make_client(self.settings)
         return self._client
 
-    def ensure_collection(self, text_dim: int) -> bool:
-        """Create the collection and its payload indexes when missing; check the dense dimension when present.
+    def ensure_collection(self, text_dim: int, image_dim: int | None = None) -> bool:
+        """Create the collection and its payload indexes when missing; check the dense dimensions when present.
 
         Returns:
             ``True`` when the collection was created by this call.
 
         Args:
             text_dim: the text model's embedding dimension (e.g. 384 for all-MiniLM-L6-v2).
+            image_dim: the image model's dimension (CLIP ``projection_dim``, e.g. 512), or ``None`` when no image
+                model is configured: the collection then has no ``image`` vector (and an existing one that has it
+                is used as it is).
 
         Raises:
-            ConfigurationError: the collection exists with another ``text`` dimension: mixing models in one
-                collection would corrupt the index, so the job stops instead.
+            ConfigurationError: the collection exists with another ``text`` or ``image`` dimension, or without an
+                ``image`` vector while an image model is configured (Qdrant cannot add a named vector to an
+                existing collection): mixing models in one collection would corrupt the index, so the job stops.
             ServiceUnavailableError: Qdrant cannot be reached.
+            ValueError: a dimension below 1.
         """
         if text_dim < 1:
             raise ValueError(f"text_dim={text_dim} must be positive")
+        if image_dim is not None and image_dim < 1:
+            raise ValueError(f"image_dim={image_dim} must be positive")
         try:
             exists = self.client.collection_exists(self.collection)
         except ServiceUnavailableError:
@@ -213,23 +225,30 @@ class VectorStore:
         if exists:
             info = self.client.get_collection(self.collection)
             vectors = info.config.params.vectors
-            have = vectors.get(TEXT_VECTOR) if isinstance(vectors, dict) else None
-            if have is None or have.size != text_dim:
-                raise ConfigurationError(
-                    f"collection {self.collection!r} has a {TEXT_VECTOR!r} vector of dimension "
-                    f"{getattr(have, 'size', None)}, but the text model gives {text_dim}: use another "
-                    "SLUICE_QDRANT_COLLECTION for the new model and re-index into it: "
-                    "python -m jobs.reindex --collection NEW"
-                )
+            wanted = {TEXT_VECTOR: (text_dim, "text model", "SLUICE_TEXT_MODEL")}
+            if image_dim is not None:
+                wanted[IMAGE_VECTOR] = (image_dim, "image model", "SLUICE_IMAGE_MODEL")
+            for name, (dim, what, variable) in wanted.items():
+                have = vectors.get(name) if isinstance(vectors, dict) else None
+                if have is None or have.size != dim:
+                    raise ConfigurationError(
+                        f"collection {self.collection!r} has a {name!r} vector of dimension "
+                        f"{getattr(have, 'size', None)}, but the {what} ({variable}) gives {dim}: use another "
+                        "SLUICE_QDRANT_COLLECTION for the new model and re-index into it: "
+                        "python -m jobs.reindex --collection NEW"
+                    )
             return False
+        dense = {TEXT_VECTOR: models.VectorParams(size=text_dim, distance=models.Distance.COSINE)}
+        if image_dim is not None:
+            dense[IMAGE_VECTOR] = models.VectorParams(size=image_dim, distance=models.Distance.COSINE)
         self.client.create_collection(
             self.collection,
-            vectors_config={TEXT_VECTOR: models.VectorParams(size=text_dim, distance=models.Distance.COSINE)},
+            vectors_config=dense,
             sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
         )
         for field, schema in INDEXED_FIELDS.items():
             self.client.create_payload_index(self.collection, field_name=field, field_schema=schema)
-        logger.info("created collection %s (text dim %d)", self.collection, text_dim)
+        logger.info("created collection %s (text dim %d, image dim %s)", self.collection, text_dim, image_dim)
         return True
 
     def upsert(self, points: Sequence[models.PointStruct]) -> None:

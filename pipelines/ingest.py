@@ -1,4 +1,5 @@
-"""The ingest pipeline, wired: source → prepare (S3 read, extract, chunk, BM25) → embed → Qdrant sink → catalog.
+"""The ingest pipeline, wired: source → prepare (S3 read, extract, chunk, BM25, links) → image (OCR, CLIP) →
+audio (ASR) → embed → Qdrant sink → catalog.
 
 The driver claims the head versions to index, runs one Ray Data dataset over them, and then records each
 version's outcome. What it guarantees (the README's "What you can rely on"):
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import random
 import time
@@ -43,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 #: Document rows per prepare batch (one S3 read each; small so that big files spread over workers).
 PREPARE_BATCH_ROWS = 16
+#: Rows per image-stage batch (text rows pass through; each picture row is OCR'd and embedded).
+IMAGE_BATCH_ROWS = 64
+#: Rows per audio-stage batch (each recording row is transcribed whole).
+AUDIO_BATCH_ROWS = 16
 #: Retries of a write task whose worker died (writes are idempotent: deterministic point ids).
 WRITE_TASK_RETRIES = 3
 #: Actors of one stage that may die in a row while starting before the run fails (a broken model, say).
@@ -131,19 +137,32 @@ def _with_faults(cls: type, plan: FaultInjection) -> type:
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
-    """How to size the actor pools from the cluster's resources.
+    """How to size the actor pools from the cluster's resources: each modality's heavy stage has its own pool.
 
-    On a CPU cluster the embed stage runs one actor per four cores, each with that many torch threads; the prepare
-    (0.5 of a logical CPU) and write (0.25) stages are light and always fit beside it. Measured on Vaswani with
-    all-MiniLM-L6-v2 on 2 cores (``benchmarks/ingest_throughput.py``): one embed actor with two threads ran the
-    dataset in 362 s, two single-threaded actors in 443 s, as the S3 server, the driver and the write task take CPU
-    from every actor alike. With GPUs: one embed actor per GPU.
+    The heavy stages are text **embed**, **image** (OCR, CLIP) and, when ``SLUICE_ASR_MODEL`` is set, **audio**
+    (ASR). Each runs on its own actor pool, so a slow modality (minutes of OCR on a scanned book, an hour of audio)
+    never holds back the others: its rows queue at its own pool while text rows flow past through the others
+    (Ray Data streams blocks between operators; an operator's backlog does not stop the next one from running on
+    what it has).
+
+    On a CPU cluster the embed stage runs one actor per four cores, each with that many torch threads (measured on
+    Vaswani with all-MiniLM-L6-v2 on 2 cores, ``benchmarks/ingest_throughput.py``: one embed actor with two
+    threads ran the dataset in 362 s, two single-threaded actors in 443 s); the image and audio stages one actor
+    per eight cores each (``image_actors``/``audio_actors`` override), with the cores shared out among all heavy
+    actors as threads. Each heavy actor reserves one logical CPU, or an equal share of the CPUs free at the start of
+    the run that the prepare (0.5 of a CPU) and write (0.25) tasks leave, when there are too few for that (2 idle
+    cores: 0.625 each for embed and image, 0.416 with audio too; less beside Serve replicas), so every pool can
+    always start. With GPUs: the heavy stages that run a model on
+    the GPU share each GPU (one actor per GPU each, a fraction of it each); OCR-only image actors stay on CPUs.
 
     Attributes:
         prepare_actors: most actors of the prepare stage. prepare_cpus: logical CPUs of each.
         embed_actors: actors of the embed stage. embed_cpus: logical CPUs of each.
         embed_gpus: GPUs per embed actor (0 on a CPU cluster). embed_threads: torch threads per embed actor
             (``None``: torch's default, on GPU).
+        image_actors, image_cpus, image_gpus, image_threads: the same for the image stage (threads go to RapidOCR
+            and to CLIP).
+        audio_actors, audio_cpus, audio_gpus, audio_threads: the same for the audio stage (0 actors: no ASR model).
     """
 
     prepare_actors: int
@@ -152,22 +171,59 @@ class Resources:
     embed_cpus: float
     embed_gpus: float
     embed_threads: int | None
+    image_actors: int = 1
+    image_cpus: float = 1.0
+    image_gpus: float = 0.0
+    image_threads: int | None = None
+    audio_actors: int = 0
+    audio_cpus: float = 1.0
+    audio_gpus: float = 0.0
+    audio_threads: int | None = None
 
     #: Logical CPUs of one write task (it waits on the vector store, it does not compute).
     WRITE_CPUS = 0.25
+    #: Logical CPUs of one prepare actor.
+    PREPARE_CPUS = 0.5
 
     @classmethod
-    def from_cluster(cls, cluster: dict[str, float], settings: Settings) -> "Resources":
-        """Size the pools from ``ray.cluster_resources()`` (``CPU`` and ``GPU`` counts) and ``embed_actors``."""
+    def from_cluster(cls, cluster: dict[str, float], settings: Settings,
+                     available: dict[str, float] | None = None) -> "Resources":
+        """Size the pools from ``ray.cluster_resources()`` (``CPU`` and ``GPU`` counts) and the ``*_actors`` settings.
+
+        Args:
+            cluster: the cluster's total resources (pool sizes and threads follow them).
+            settings: ``embed_actors``, ``image_actors``, ``audio_actors``, ``image_model``, ``asr_model``.
+            available: ``ray.available_resources()`` at the start of the run, when known: the heavy actors'
+                reservations are shared out of the CPUs free then (Serve replicas on the same cluster hold some), so
+                that every pool can start.
+        """
         cpus = max(1, int(cluster.get("CPU", 1)))
+        free = min(float(cpus), float((available or {}).get("CPU", cpus)))
         gpus = int(cluster.get("GPU", 0))
         prepare = max(1, min(cpus // 2, 8))
+        audio_on = bool(settings.asr_model)
+        heavy = 3 if audio_on else 2
+        share = max(0.05, math.floor(min(1.0, (free - cls.WRITE_CPUS - cls.PREPARE_CPUS) / heavy) * 1000) / 1000)
+        image = settings.image_actors or max(1, cpus // 8)
+        audio = (settings.audio_actors or max(1, cpus // 8)) if audio_on else 0
         if gpus:
-            return cls(prepare_actors=prepare, prepare_cpus=0.5, embed_actors=settings.embed_actors or gpus,
-                       embed_cpus=1.0, embed_gpus=1.0, embed_threads=None)
+            on_gpu = 1 + bool(settings.image_model) + audio_on  # stages that put a model on each GPU
+            fraction = math.floor(1000 / on_gpu) / 1000
+            image = settings.image_actors or (gpus if settings.image_model else max(1, cpus // 8))
+            audio = (settings.audio_actors or gpus) if audio_on else 0
+            spare = max(1, cpus // max(1, gpus * on_gpu + image))
+            return cls(prepare_actors=prepare, prepare_cpus=cls.PREPARE_CPUS,
+                       embed_actors=settings.embed_actors or gpus, embed_cpus=share, embed_gpus=fraction,
+                       embed_threads=None, image_actors=image, image_cpus=share,
+                       image_gpus=fraction if settings.image_model else 0.0, image_threads=spare,
+                       audio_actors=audio, audio_cpus=share, audio_gpus=fraction if audio_on else 0.0,
+                       audio_threads=None)
         embed = settings.embed_actors or max(1, cpus // 4)
-        return cls(prepare_actors=prepare, prepare_cpus=0.5, embed_actors=embed, embed_cpus=1.0, embed_gpus=0.0,
-                   embed_threads=max(1, cpus // embed))
+        threads = max(1, cpus // (embed + image + audio))
+        return cls(prepare_actors=prepare, prepare_cpus=cls.PREPARE_CPUS, embed_actors=embed, embed_cpus=share,
+                   embed_gpus=0.0, embed_threads=max(1, cpus // embed), image_actors=image, image_cpus=share,
+                   image_gpus=0.0, image_threads=threads, audio_actors=audio, audio_cpus=share, audio_gpus=0.0,
+                   audio_threads=threads)
 
 
 def _ensure_ray(settings: Settings) -> None:
@@ -255,7 +311,8 @@ def run_ingest(
         objects.check()
         _ensure_ray(settings)
         dimension = model_dimension(settings.text_model)
-        check_model(catalog, settings, dimension, created=store.ensure_collection(dimension))
+        image_dim = _check_media_models(settings)
+        check_model(catalog, settings, dimension, created=store.ensure_collection(dimension, image_dim))
 
         clock = time.perf_counter()
 
@@ -354,6 +411,34 @@ def _already_written(store: VectorStore, resumed: list[Claim]) -> dict[tuple[str
     return done
 
 
+def _check_media_models(settings: Settings) -> int | None:
+    """Check the image and ASR models before any work starts; the image model's dimension (``None``: no model).
+
+    Raises:
+        ConfigurationError: a configured model is not available offline (the message names the variable).
+    """
+    image_dim = None
+    if settings.image_model:
+        from pipelines.embed.image import image_model_dimension
+
+        image_dim = image_model_dimension(settings.image_model)
+    if settings.asr_model:
+        from pipelines.asr_models import resolve_asr_model
+
+        resolved = resolve_asr_model(settings.asr_model)
+        if not Path(resolved).is_dir():
+            try:
+                from huggingface_hub import snapshot_download
+
+                snapshot_download(resolved, local_files_only=True)
+            except Exception as exc:  # not in the local cache
+                raise ConfigurationError(
+                    f"SLUICE_ASR_MODEL={settings.asr_model!r} is neither a folder, a packaged model nor a Hugging Face "
+                    f"id in the local cache: {exc}"
+                ) from exc
+    return image_dim
+
+
 def _configure_fault_tolerance(settings: Settings) -> None:
     """Bound a dataset's run: no progress for ``remote_call_timeout_s`` fails it; actors that die starting fail it.
 
@@ -373,9 +458,15 @@ def _configure_fault_tolerance(settings: Settings) -> None:
 def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float], *,
                  shown: frozenset[tuple[str, int]] = frozenset(),
                  faults: FaultInjection | None = None) -> dict[tuple[str, int], VersionOutcome]:
+    """Run prepare → image → audio (with an ASR model) → embed → sink over the document rows.
+
+    Each heavy stage has its own actor pool (:class:`Resources`). Returns the sink's outcome per version.
+    """
     import ray
 
+    from pipelines.audio_stage import AudioStage
     from pipelines.embed.stage import EmbedStage
+    from pipelines.image_stage import ImageStage
     from pipelines.prepare import PrepareStage
 
     _configure_fault_tolerance(settings)
@@ -385,7 +476,7 @@ def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float]
             prepare_cls = _with_faults(PrepareStage, faults)
         else:
             embed_cls = _with_faults(EmbedStage, faults)
-    res = Resources.from_cluster(cluster, settings)
+    res = Resources.from_cluster(cluster, settings, available=ray.available_resources())
     blocks = max(1, min(len(rows) // PREPARE_BATCH_ROWS + 1, 256))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
@@ -395,6 +486,27 @@ def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float]
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.prepare_actors),
         num_cpus=res.prepare_cpus,
     )
+    ds = ds.map_batches(
+        ImageStage,
+        fn_constructor_args=(settings,),
+        fn_constructor_kwargs={"device": "cuda" if res.image_gpus else "cpu", "num_threads": res.image_threads},
+        batch_size=IMAGE_BATCH_ROWS,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.image_actors),
+        num_gpus=res.image_gpus or None,
+        num_cpus=res.image_cpus,
+    )
+    if res.audio_actors:
+        ds = ds.map_batches(
+            AudioStage,
+            fn_constructor_args=(settings,),
+            fn_constructor_kwargs={"device": "cuda" if res.audio_gpus else "cpu", "num_threads": res.audio_threads},
+            batch_size=AUDIO_BATCH_ROWS,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.audio_actors),
+            num_gpus=res.audio_gpus or None,
+            num_cpus=res.audio_cpus,
+        )
     ds = ds.map_batches(
         embed_cls,
         fn_constructor_args=(settings,),

@@ -1,19 +1,39 @@
-"""The prepare stage: read each version's bytes from S3, extract text, chunk it, and compute its BM25 terms.
+"""The prepare stage: read each version's bytes from S3, sniff and extract them, chunk them, link the chunks.
 
-Reads the document-row columns (``pipelines.columns.VERSION_COLUMNS``); writes chunk rows (``CHUNK_COLUMNS`` added).
-A document that fails becomes one error row (``chunk_index == -1``, ``error_*`` set) and never stops the batch.
+Reads the document-row columns (``pipelines.columns.VERSION_COLUMNS``); writes chunk rows (``CHUNK_COLUMNS``, the
+media columns included). Per document, by what its bytes are (``pipelines.extract.base.sniff_content_type``):
+
+* **text, Markdown, HTML, PDF, images**: :func:`pipelines.extract.extract_document` gives text sections and
+  pictures. The text is chunked into chunks ``0 .. n-1`` (rows of kind ``""``, with BM25 terms); the pictures are
+  laid out with :func:`pipelines.chunk.image.plan_image_chunks` from ``n`` on (a whole-picture chunk, then its tiles),
+  so one version has one chunk-index space (``core.lifecycle`` deletes by ``chunk_index >= chunk_count``). Each
+  picture becomes one *pending* row (kind ``"picture"``, its PNG in ``image_bytes``) that the image stage
+  (:mod:`pipelines.image_stage`) turns into its image and tile chunks. ``chunk_count`` = text chunks + every planned
+  image chunk. The cross-modal links (:mod:`pipelines.link`) of every chunk are built here, where all of a version's
+  chunks are known: on text rows as a JSON list, on picture rows as a JSON object by chunk index.
+* **audio** (``AUDIO_TYPES``): decoded to 16 kHz mono (:class:`pipelines.extract.audio.AudioExtractor`; the hostile
+  cases fail here with ``audio_empty``/``audio_corrupt``/``audio_too_long``) into one *pending* row (kind
+  ``"recording"``, the samples in ``audio_pcm``); the audio stage (:mod:`pipelines.audio_stage`) finds the speech,
+  transcribes it and emits the segments. Without ``SLUICE_ASR_MODEL`` an audio file fails as ``unsupported_type``.
+
+A document that fails becomes one error row (``chunk_index == -1``, ``error_*`` set) and never stops the batch. A
+document that has only pictures, when neither OCR (``SLUICE_OCR_ENGINE=none``) nor an image model is configured,
+fails with ``empty_content``: it would be "indexed" with points no query can reach.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import mimetypes
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from core.errors import IngestError
+from core.errors import ExtractionError, IngestError
 from core.objects import ObjectStore
 from core.settings import Settings
 from pipelines import columns as C
@@ -24,15 +44,63 @@ logger = logging.getLogger(__name__)
 READ_THREADS = 8
 
 
+def image_layout(settings: Settings) -> dict[str, int]:
+    """The tiling of :func:`pipelines.chunk.image.plan_image_chunks` from the settings (prepare and the image stage
+    must use the same one: the image stage plans a picture again and must find the same chunks).
+
+    ``image_max_tiles == 0`` means no tiles at all.
+    """
+    if settings.image_max_tiles == 0:
+        return {"tile_px": settings.image_tile_px, "large_px": 2**31 - 1, "max_tiles": 1}
+    return {"tile_px": settings.image_tile_px, "large_px": settings.image_large_px, "max_tiles": settings.image_max_tiles}
+
+
+class RowWriter:
+    """Collects chunk rows column-wise, filling every column a row does not name with its empty value."""
+
+    DEFAULTS: dict[str, Any] = {
+        C.CHUNK_INDEX: -1, C.CHUNK_COUNT: 0, C.TEXT: "", C.PAGE: 0, C.HEADING: "", C.MODALITY: "text",
+        C.ERROR_STAGE: "", C.ERROR_REASON: "", C.ERROR_DETAIL: "", C.KIND: "", C.PARENT_INDEX: -1,
+        C.IMAGE_SOURCE: "", C.IMAGE_BYTES: b"", C.AUDIO_PCM: b"", C.LINKS: "[]", C.START_S: -1.0, C.END_S: -1.0,
+    }
+
+    def __init__(self) -> None:
+        self.out: dict[str, list] = {name: [] for name in C.VERSION_COLUMNS + C.CHUNK_COLUMNS}
+
+    def add(self, row: dict[str, Any], **values: Any) -> None:
+        """Append one chunk row: ``row``'s version columns, then ``values`` (column name → value)."""
+        for name in C.VERSION_COLUMNS:
+            self.out[name].append(row[name])
+        for name in C.CHUNK_COLUMNS:
+            if name in (C.SPARSE_INDICES, C.SPARSE_VALUES, C.BOX):
+                continue
+            self.out[name].append(values.get(name, self.DEFAULTS[name]))
+        indices, weights = values.get(C.SPARSE_INDICES, []), values.get(C.SPARSE_VALUES, [])
+        self.out[C.SPARSE_INDICES].append(np.asarray(indices, dtype=np.uint32))
+        self.out[C.SPARSE_VALUES].append(np.asarray(weights, dtype=np.float32))
+        self.out[C.BOX].append(np.asarray(values.get(C.BOX, (0, 0, 0, 0)), dtype=np.int32))
+
+    def error(self, row: dict[str, Any], stage: str, reason: str, detail: str) -> None:
+        """Append the one error row of a failed document."""
+        self.add(row, **{C.ERROR_STAGE: stage, C.ERROR_REASON: reason, C.ERROR_DETAIL: detail})
+
+    def columns(self) -> dict[str, Any]:
+        """The batch: lists, except ``box`` (``int32 (rows, 4)``)."""
+        out = dict(self.out)
+        out[C.BOX] = np.stack(out[C.BOX]) if out[C.BOX] else np.zeros((0, 4), dtype=np.int32)
+        return out
+
+
 class PrepareStage:
-    """A Ray Data callable class: document rows in, chunk rows out.
+    """A Ray Data callable class: document rows in, chunk rows (and pending picture and recording rows) out.
 
     The tokenizer (which sizes chunks in the embedding model's tokens) loads once per actor in ``__init__``; the S3
     client opens lazily on the worker.
 
     Args:
-        settings: S3 settings, ``text_model``, ``chunk_tokens``, ``chunk_overlap_tokens``, ``bm25_*`` and
-            ``max_file_bytes`` are used.
+        settings: S3 settings, ``text_model``, ``chunk_tokens``, ``chunk_overlap_tokens``, ``bm25_*``,
+            ``max_file_bytes``, ``image_*`` (pixel limit, tiling), ``asr_model``, ``max_audio_seconds``,
+            ``ocr_engine`` and ``image_model`` are used.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -40,6 +108,9 @@ class PrepareStage:
 
         from pipelines.chunk.text import TextChunker
         from pipelines.embed.models import resolve_model_path
+        from pipelines.extract.audio import AudioExtractor
+        from pipelines.extract.image import ImageExtractor
+        from pipelines.extract.pdf import PdfExtractor
         from pipelines.sparse import Bm25Encoder
 
         self.settings = settings
@@ -48,6 +119,10 @@ class PrepareStage:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(settings.text_model), local_files_only=True)
         self.chunker = TextChunker(tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens)
         self.bm25 = Bm25Encoder(k1=settings.bm25_k1, b=settings.bm25_b, avg_len=settings.bm25_avg_len)
+        self.images = ImageExtractor(max_pixels=settings.image_max_pixels)
+        self.pdf = PdfExtractor(max_pixels=settings.image_max_pixels)
+        self.audio = AudioExtractor(max_seconds=settings.max_audio_seconds)
+        self.layout = image_layout(settings)
 
     def _read(self, row: dict[str, Any]) -> bytes:
         """The version's bytes, checked against its recorded size and SHA-256.
@@ -66,17 +141,6 @@ class PrepareStage:
             raise IngestError("object_changed", "the object's bytes differ from the registered version's SHA-256")
         return data
 
-    def _chunks(self, row: dict[str, Any], data: bytes | IngestError) -> tuple[str, list]:
-        from pipelines.extract import extract_sections
-
-        if isinstance(data, IngestError):
-            raise data
-        content_type, sections = extract_sections(data, row[C.PATH], row.get(C.CONTENT_TYPE) or "")
-        chunks = self.chunker.chunk(sections)
-        if not chunks:
-            raise IngestError("no_chunks", "the extracted text gave no chunk")
-        return content_type, chunks
-
     def _read_all(self, rows: list[dict[str, Any]]) -> list[bytes | IngestError]:
         """Read the batch's objects concurrently (S3 reads wait on the network, not the CPU)."""
 
@@ -88,9 +152,9 @@ class PrepareStage:
 
         return list(self._readers.map(read, rows))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        """Turn a batch of document rows into chunk rows (a document's chunks, or its one error row)."""
-        out: dict[str, list] = {name: [] for name in C.VERSION_COLUMNS + C.CHUNK_COLUMNS}
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Turn a batch of document rows into chunk rows (a document's rows, or its one error row)."""
+        writer = RowWriter()
         rows = []
         for i in range(len(batch[C.DOCUMENT_ID])):
             row = {name: batch[name][i] for name in C.VERSION_COLUMNS}
@@ -98,40 +162,82 @@ class PrepareStage:
             row[C.SIZE] = int(row[C.SIZE])
             rows.append(row)
         for row, data in zip(rows, self._read_all(rows)):
+            staged = RowWriter()
             try:
-                content_type, chunks = self._chunks(row, data)
+                if isinstance(data, IngestError):
+                    raise data
+                self._document(staged, row, data)
             except IngestError as exc:
                 logger.info("version %s/%d failed at %s: %s", row[C.DOCUMENT_ID], row[C.VERSION], exc.stage, exc)
-                self._append(out, row, chunk_index=-1, chunk_count=0, text="", page=0, heading="",
-                             indices=[], values=[], error=(exc.stage, exc.reason, exc.detail))
+                writer.error(row, exc.stage, exc.reason, exc.detail)
                 continue
             except Exception as exc:  # a bug or an unexpected library error fails this document only
                 logger.exception("version %s/%d failed unexpectedly", row[C.DOCUMENT_ID], row[C.VERSION])
-                self._append(out, row, chunk_index=-1, chunk_count=0, text="", page=0, heading="",
-                             indices=[], values=[], error=("extract", "internal_error", f"{type(exc).__name__}: {exc}"))
+                writer.error(row, "extract", "internal_error", f"{type(exc).__name__}: {exc}")
                 continue
-            row[C.CONTENT_TYPE] = content_type
-            sparse = self.bm25.encode_documents([c.text for c in chunks])
-            for chunk, (indices, values) in zip(chunks, sparse):
-                self._append(out, row, chunk_index=chunk.chunk_index, chunk_count=len(chunks), text=chunk.text,
-                             page=chunk.page or 0, heading=chunk.heading, indices=indices, values=values, error=None)
-        out[C.SPARSE_INDICES] = [np.asarray(x, dtype=np.uint32) for x in out[C.SPARSE_INDICES]]
-        out[C.SPARSE_VALUES] = [np.asarray(x, dtype=np.float32) for x in out[C.SPARSE_VALUES]]
-        return out
+            for name, values in staged.out.items():
+                writer.out[name].extend(values)
+        return writer.columns()
 
-    @staticmethod
-    def _append(out, row, *, chunk_index, chunk_count, text, page, heading, indices, values, error) -> None:
-        for name in C.VERSION_COLUMNS:
-            out[name].append(row[name])
-        out[C.CHUNK_INDEX].append(chunk_index)
-        out[C.CHUNK_COUNT].append(chunk_count)
-        out[C.TEXT].append(text)
-        out[C.PAGE].append(page)
-        out[C.HEADING].append(heading)
-        out[C.MODALITY].append("text")
-        out[C.SPARSE_INDICES].append(indices)
-        out[C.SPARSE_VALUES].append(values)
-        stage, reason, detail = error or ("", "", "")
-        out[C.ERROR_STAGE].append(stage)
-        out[C.ERROR_REASON].append(reason)
-        out[C.ERROR_DETAIL].append(detail)
+    # --- one document ------------------------------------------------------------------------------------------
+
+    def _document(self, out: RowWriter, row: dict[str, Any], data: bytes) -> None:
+        from pipelines.extract import is_audio, sniff_content_type
+
+        path, declared = str(row[C.PATH]), str(row.get(C.CONTENT_TYPE) or "")
+        sniffed = sniff_content_type(data, path, declared) if data else ""
+        guessed = mimetypes.guess_type(posixpath.basename(path))[0] or ""
+        if is_audio(sniffed) or (not data and guessed.startswith("audio/")):
+            self._recording(out, row, data, sniffed or guessed)
+        else:
+            self._text_and_pictures(out, row, data)
+
+    def _recording(self, out: RowWriter, row: dict[str, Any], data: bytes, content_type: str) -> None:
+        if not self.settings.asr_model:
+            raise ExtractionError("unsupported_type", f"{row[C.PATH]} is {content_type}: audio needs SLUICE_ASR_MODEL")
+        audio = self.audio.extract(data, str(row[C.PATH]))
+        row[C.CONTENT_TYPE] = content_type
+        out.add(row, **{C.KIND: C.KIND_RECORDING, C.MODALITY: "audio", C.CHUNK_INDEX: 0,
+                        C.AUDIO_PCM: np.ascontiguousarray(audio.samples, dtype="<f4").tobytes(),
+                        C.END_S: float(audio.duration_s)})
+
+    def _text_and_pictures(self, out: RowWriter, row: dict[str, Any], data: bytes) -> None:
+        from pipelines.chunk.image import plan_image_chunks
+        from pipelines.extract import extract_document
+        from pipelines.link import ChunkRef, build_links
+
+        extracted = extract_document(data, str(row[C.PATH]), str(row.get(C.CONTENT_TYPE) or ""), pdf=self.pdf,
+                                     images=self.images)
+        row[C.CONTENT_TYPE] = extracted.content_type
+        chunks = self.chunker.chunk(extracted.sections) if extracted.sections else []
+        planned = plan_image_chunks(extracted.images, first_index=len(chunks), **self.layout)
+        if not chunks and not planned:
+            raise IngestError("no_chunks", "the extracted text gave no chunk")
+        if not chunks and self.settings.ocr_engine == "none" and not self.settings.image_model:
+            raise ExtractionError(
+                "empty_content",
+                f"{row[C.PATH]} has only pictures, and neither OCR (SLUICE_OCR_ENGINE) nor an image model "
+                "(SLUICE_IMAGE_MODEL) is configured to index them",
+            )
+        refs = [ChunkRef.of(c) for c in chunks] + [ChunkRef.of(c) for c in planned]
+        links = build_links(str(row[C.DOCUMENT_ID]), row[C.VERSION], refs)
+        count = len(chunks) + len(planned)
+        sparse = self.bm25.encode_documents([c.text for c in chunks])
+        for chunk, (indices, values) in zip(chunks, sparse):
+            out.add(row, **{C.CHUNK_INDEX: chunk.chunk_index, C.CHUNK_COUNT: count, C.TEXT: chunk.text,
+                            C.PAGE: chunk.page or 0, C.HEADING: chunk.heading, C.SPARSE_INDICES: indices,
+                            C.SPARSE_VALUES: values,
+                            C.LINKS: json.dumps([link.to_payload() for link in links[("text", chunk.chunk_index)]])})
+        by_item: dict[int, list] = {}
+        for chunk in planned:
+            by_item.setdefault(chunk.item_index, []).append(chunk)
+        for item in extracted.images:
+            mine = by_item[item.index]
+            picture_links = {str(c.chunk_index): [link.to_payload() for link in links[("image", c.chunk_index)]]
+                             for c in mine}
+            meta = {"links": picture_links, "text_chunks": len(chunks), "pictures": len(extracted.images),
+                    "item_index": item.index}
+            out.add(row, **{C.KIND: C.KIND_PICTURE, C.MODALITY: "image", C.CHUNK_INDEX: mine[0].chunk_index,
+                            C.CHUNK_COUNT: count, C.PAGE: item.page or 0, C.IMAGE_SOURCE: item.source,
+                            C.IMAGE_BYTES: item.to_png_bytes(), C.BOX: (0, 0, item.width, item.height),
+                            C.LINKS: json.dumps(meta)})

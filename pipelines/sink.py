@@ -8,6 +8,7 @@ the workers and returns per-version counts; ``on_write_complete`` runs on the dr
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -17,7 +18,7 @@ from qdrant_client import models
 
 from core.ids import point_id
 from core.settings import Settings
-from core.vectorstore import SPARSE_VECTOR, TEXT_VECTOR, VectorStore
+from core.vectorstore import IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, VectorStore
 from pipelines import columns as C
 
 from ray.data.block import Block, BlockAccessor
@@ -56,25 +57,43 @@ def to_points(
 ) -> tuple[list[models.PointStruct], list[tuple[str, int]]]:
     """Build the points of a block's chunk rows, column-wise; error rows are skipped.
 
+    Each point gets only the vectors its row has: ``text`` (``embedding``) and ``bm25`` when the row has text (an
+    image without OCR text, or an audio file without speech, has neither: a zero vector is invalid under cosine);
+    ``image`` (``image_embedding``) on image and tile rows when an image model is configured. A row with no vector
+    at all is still written (Qdrant allows a point without vectors): it is reached through its links and filters.
+
     Args:
-        columns: the block as numpy columns (``pipelines.columns``); ``embedding`` is ``float32 (rows, dim)``.
+        columns: the block as numpy columns (``pipelines.columns``); ``embedding`` is ``float32 (rows, dim)``,
+            ``image_embedding`` (optional) ``float32 (rows, image_dim)``. The media columns are optional (a text-only
+            block from an older pipeline).
         shown: the ``(document_id, version)`` that search already shows (a re-index in place): their points are
             written with ``is_latest`` true. Every other version's points are written with ``is_latest`` false, so
             no search sees them until the version is committed (``core.lifecycle.commit_versions``).
 
     Returns:
         The points (deterministic ids, so a rewrite replaces them) and, for each, its ``(document_id, version)``.
-        The models are built with ``model_construct``: the values come typed from the pipeline, and validating
-        millions of floats again cost half a core (measured on Vaswani).
+        Payload: the ARCHITECTURE.md fields (``links`` from the ``links`` column), plus ``kind``, ``box``,
+        ``parent_index`` and ``image_source`` on image rows and ``start_s``/``end_s`` on audio rows. The models are
+        built with ``model_construct``: the values come typed from the pipeline, and validating millions of floats
+        again cost half a core (measured on Vaswani).
+
+    Raises:
+        ValueError: a row still pending (kind ``picture`` or ``recording``: a stage was left out of the pipeline).
     """
     vectors = np.asarray(columns[C.EMBEDDING], dtype=np.float32).tolist()
+    images = np.asarray(columns[C.IMAGE_EMBEDDING], dtype=np.float32) if C.IMAGE_EMBEDDING in columns else None
+    kinds = columns.get(C.KIND)
     points: list[models.PointStruct] = []
     keys: list[tuple[str, int]] = []
     for i in range(len(vectors)):
         if columns[C.ERROR_REASON][i]:
             continue
+        kind = str(kinds[i]) if kinds is not None else ""
+        if kind in (C.KIND_PICTURE, C.KIND_RECORDING):
+            raise ValueError(f"row {i} of {columns[C.PATH][i]} is still a pending {kind}: its stage did not run")
         document_id, version = str(columns[C.DOCUMENT_ID][i]), int(columns[C.VERSION][i])
         modality, chunk_index, path = str(columns[C.MODALITY][i]), int(columns[C.CHUNK_INDEX][i]), str(columns[C.PATH][i])
+        text = str(columns[C.TEXT][i])
         payload = {
             "tenant": str(columns[C.TENANT][i]),
             "document_id": document_id,
@@ -84,26 +103,40 @@ def to_points(
             "dirs": parent_dirs(path),
             "modality": modality,
             "chunk_index": chunk_index,
-            "text": str(columns[C.TEXT][i]),
+            "text": text,
             "content_type": str(columns[C.CONTENT_TYPE][i]),
             "heading": str(columns[C.HEADING][i]),
             "sha256": str(columns[C.SHA256][i]),
-            "links": [],
+            "links": json.loads(str(columns[C.LINKS][i])) if C.LINKS in columns and columns[C.LINKS][i] else [],
         }
         if C.CREATED_AT in columns and columns[C.CREATED_AT][i]:
             payload["created_at"] = str(columns[C.CREATED_AT][i])  # the version's registration time, for filters
         if int(columns[C.PAGE][i]):
             payload["page"] = int(columns[C.PAGE][i])
-        sparse = models.SparseVector.model_construct(
-            indices=np.asarray(columns[C.SPARSE_INDICES][i]).tolist(),
-            values=np.asarray(columns[C.SPARSE_VALUES][i], dtype=np.float32).tolist(),
-        )
+        if kind:
+            payload["kind"] = kind
+        if kind in (C.KIND_IMAGE, C.KIND_TILE):
+            payload["box"] = [int(v) for v in np.asarray(columns[C.BOX][i]).tolist()]
+            payload["image_source"] = str(columns[C.IMAGE_SOURCE][i])
+            if int(columns[C.PARENT_INDEX][i]) >= 0:
+                payload["parent_index"] = int(columns[C.PARENT_INDEX][i])
+        if modality == "audio":
+            payload["start_s"] = round(float(columns[C.START_S][i]), 3)
+            payload["end_s"] = round(float(columns[C.END_S][i]), 3)
+            if not text.strip():
+                payload["no_speech"] = True
+        named: dict = {}
+        if text.strip():
+            named[TEXT_VECTOR] = vectors[i]
+        indices = np.asarray(columns[C.SPARSE_INDICES][i]).tolist()
+        if indices:
+            named[SPARSE_VECTOR] = models.SparseVector.model_construct(
+                indices=indices, values=np.asarray(columns[C.SPARSE_VALUES][i], dtype=np.float32).tolist())
+        if images is not None and kind in (C.KIND_IMAGE, C.KIND_TILE) and images.shape[1] and np.any(images[i]):
+            named[IMAGE_VECTOR] = images[i].tolist()
         points.append(
             models.PointStruct.model_construct(
-                id=point_id(document_id, version, modality, chunk_index),
-                vector={TEXT_VECTOR: vectors[i], SPARSE_VECTOR: sparse},
-                payload=payload,
-            )
+                id=point_id(document_id, version, modality, chunk_index), vector=named, payload=payload)
         )
         keys.append((document_id, version))
     return points, keys

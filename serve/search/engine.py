@@ -84,7 +84,8 @@ def to_result(point: models.ScoredPoint) -> dict[str, Any]:
         "score": float(point.score),
         "links": p.get("links", []),
     }
-    for optional in ("page", "start_s", "end_s", "heading", "content_type", "created_at"):
+    for optional in ("page", "start_s", "end_s", "heading", "content_type", "created_at", "kind", "box",
+                     "parent_index"):
         if p.get(optional) is not None:
             result[optional] = p[optional]
     return result
@@ -265,9 +266,34 @@ class SearchEngine:
                 logger.error("dropped point %s of another tenant from a search by tenant %r", point.id, tenant)
                 continue
             results.append(to_result(point))
+        self._link_previews(tenant, results)
         if key is not None:
             self.cache.set_json(key, results)
         return {"results": results, "took_ms": _ms(started), "cached": False}
+
+    def _link_previews(self, tenant: str, results: list[dict[str, Any]]) -> None:
+        """Give every link of ``results`` a ``preview`` (the first ``PREVIEW_CHARS`` characters of the linked chunk's
+        text), in one ``retrieve`` call for the links that were built without one (image chunks get their OCR text
+        after linking; see ``pipelines.link``). Links to points of another tenant, or to points that are gone, keep
+        no preview; a store error leaves the previews out rather than failing the search."""
+        from pipelines.link import PREVIEW_CHARS
+
+        wanted = {link["id"] for r in results for link in r.get("links") or [] if "preview" not in link and "id" in link}
+        if not wanted:
+            return
+        try:
+            records = self.store.client.retrieve(self.store.collection, ids=sorted(wanted),
+                                                 with_payload=["text", "tenant"], with_vectors=False)
+        except Exception as exc:  # noqa: BLE001 - previews are a convenience; the answer stands without them
+            logger.warning("link previews left out: %s: %s", type(exc).__name__, exc)
+            return
+        texts = {str(r.id): " ".join(str((r.payload or {}).get("text", "")).split()) for r in records
+                 if (r.payload or {}).get("tenant") == tenant}
+        for r in results:
+            for link in r.get("links") or []:
+                text = texts.get(link.get("id"))
+                if "preview" not in link and text:
+                    link["preview"] = text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1].rstrip() + "\u2026"
 
     def _query(self, kwargs: dict[str, Any]) -> list[models.ScoredPoint]:
         try:

@@ -23,10 +23,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from qdrant_client import models
 
-from core.vectorstore import SPARSE_VECTOR, TEXT_VECTOR, tenant_filter
-
-#: The dense vector of image points (CLIP), queried with a CLIP text embedding when ``modalities`` has ``image``.
-IMAGE_VECTOR = "image"
+#: IMAGE_VECTOR: the dense vector of image points (CLIP), queried with a CLIP text embedding when ``modalities``
+#: has ``image``.
+from core.vectorstore import IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, tenant_filter
 #: Candidates each leg hands to fusion, at least: enough for ``top_k=100`` and for fusion to matter.
 MIN_PREFETCH = 100
 #: The most queries of one ``POST /v1/search/batch``.
