@@ -1,7 +1,7 @@
 """A search stack over the Vaswani collection for the search benchmarks: servers, the real ingest, and Serve.
 
-:func:`vaswani_search` starts its own PostgreSQL, Redis and S3 servers (``cluster.local.stack``, as
-``benchmarks/ingest_throughput.py`` does) and a local Ray, puts the Vaswani documents into S3 as
+:func:`vaswani_search` starts its own PostgreSQL, Redis and S3 servers and a local Ray (:mod:`benchmarks.servers`, as
+``benchmarks/ingest_throughput.py`` does), puts the Vaswani documents into S3 as
 ``<tenant>/vaswani/<docno>.txt``, runs the real ingest job (``pipelines.ingest.run_ingest`` with ``scan=True``),
 and deploys the ``search`` application at ``/v1/search`` on a free port. With ``index_dir`` the embedded Qdrant
 folder is kept there, and a later run with the same folder and document count skips the ingest (the latency
@@ -13,16 +13,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.servers import bench_servers, put_documents, serve_app, settings_overrides, start_ray, stop_ray
 from benchmarks.vaswani import read_documents
-from cluster.local.stack import free_port, start_postgres, start_redis, start_s3
 
 TENANT = "bench"
 COLLECTION = "vaswani"
@@ -50,15 +48,6 @@ def docno_of(path: str) -> str:
     return Path(path).stem
 
 
-def settings_overrides(settings) -> dict[str, Any]:
-    """``Settings`` as ``build_app`` arguments (the secret in clear: the replicas rebuild ``Settings``)."""
-    return settings.model_dump(mode="python") | {
-        "s3_secret_key": settings.s3_secret_key.get_secret_value(),
-        "qdrant_path": str(settings.qdrant_path),
-        "qdrant_api_key": None,
-    }
-
-
 @contextlib.contextmanager
 def vaswani_search(root: Path, *, limit_docs: int = 0, index_dir: Path | None = None,
                    app_args: dict[str, Any] | None = None, **settings_fields: Any) -> Iterator[SearchStack]:
@@ -71,11 +60,6 @@ def vaswani_search(root: Path, *, limit_docs: int = 0, index_dir: Path | None = 
         app_args: more ``build_app`` arguments (deployment options).
         settings_fields: ``Settings`` fields for the search replicas (e.g. ``search_cache_ttl_s=0``).
     """
-    import ray
-    from ray import serve
-
-    from core.objects import ObjectStore
-    from core.settings import Settings
     from pipelines.ingest import run_ingest
     from serve.search.app import build_app
 
@@ -87,36 +71,19 @@ def vaswani_search(root: Path, *, limit_docs: int = 0, index_dir: Path | None = 
         qdrant = Path(index_dir) if index_dir else work / "qdrant"
         marker = qdrant / "sluice-bench.json"
         reuse = marker.exists() and json.loads(marker.read_text()).get("documents") == len(docs)
-        pg = start_postgres(work / "pg", free_port(), die_with_parent=True)
-        rd = start_redis(work / "redis", free_port(), die_with_parent=True)
-        s3 = start_s3(work / "s3", free_port(), "bench", "bench-secret", die_with_parent=True)
-        try:
-            settings = Settings(
-                postgres_dsn=pg.dsn, redis_url=rd.url, s3_endpoint=s3.endpoint, s3_access_key="bench",
-                s3_secret_key="bench-secret", s3_bucket="bench", qdrant_path=qdrant, qdrant_collection=COLLECTION,
-            )
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, namespace="sluice")
-            summary, ingest_s = None, 0.0
-            if not reuse:
-                objects = ObjectStore(settings)
-                objects.ensure_bucket()
-                with ThreadPoolExecutor(16) as pool:
-                    list(pool.map(lambda kv: objects.put_bytes(f"{TENANT}/vaswani/{kv[0]}.txt", kv[1].encode()), docs.items()))
-                started = time.perf_counter()
-                summary = run_ingest(settings, tenant=TENANT, scan=True)
-                ingest_s = time.perf_counter() - started
-                marker.write_text(json.dumps({"documents": len(docs), "chunks": summary.chunks_indexed}))
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            search_settings = settings.model_copy(update=settings_fields)
-            serve.run(build_app({"settings_overrides": settings_overrides(search_settings), **(app_args or {})}),
-                      name="search", route_prefix="/v1/search")
-            yield SearchStack(f"http://127.0.0.1:{port}", search_settings, docs, summary, ingest_s)
-        finally:
-            with contextlib.suppress(Exception):
-                serve.shutdown()
-            with contextlib.suppress(Exception):
-                ray.shutdown()
-            for server in (s3, rd, pg):
-                server.stop(timeout_s=5)
+        with bench_servers(work, qdrant_path=qdrant, qdrant_collection=COLLECTION) as settings:
+            try:
+                start_ray(namespace="sluice")
+                summary, ingest_s = None, 0.0
+                if not reuse:
+                    put_documents(settings, TENANT, docs)
+                    started = time.perf_counter()
+                    summary = run_ingest(settings, tenant=TENANT, scan=True)
+                    ingest_s = time.perf_counter() - started
+                    marker.write_text(json.dumps({"documents": len(docs), "chunks": summary.chunks_indexed}))
+                search_settings = settings.model_copy(update=settings_fields)
+                app = build_app({"settings_overrides": settings_overrides(search_settings), **(app_args or {})})
+                base_url = serve_app(app, "search", "/v1/search")
+                yield SearchStack(base_url, search_settings, docs, summary, ingest_s)
+            finally:
+                stop_ray()

@@ -1,7 +1,7 @@
 """Upload throughput through Ray Serve, beside a plain ``put_object`` to the same S3 server.
 
-Starts its own PostgreSQL, Redis and S3 servers (``cluster.local.stack``), a local Ray and the ``uploads`` Serve
-application, writes a file of random bytes, then uploads it three ways in one run:
+Starts its own PostgreSQL, Redis and S3 servers, a local Ray and the ``uploads`` Serve application
+(:mod:`benchmarks.servers`), writes a file of random bytes, then uploads it three ways in one run:
 
 1. ``put_object`` of the file straight to S3 with the MinIO SDK (the limit: no Serve, no verification);
 2. the raw API: create, 4 parts in parallel (``Content-MD5`` each), complete;
@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,14 +34,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.local.stack import free_port, start_postgres, start_redis, start_s3  # noqa: E402
+from benchmarks.sampling import PeriodicSampler  # noqa: E402
+from benchmarks.servers import bench_servers, serve_app, settings_overrides, start_ray, stop_ray  # noqa: E402
 
 MB = 1_000_000
 MiB = 1024**2
 TENANT = "bench"
 
 
-class PeakRss:
+class PeakRss(PeriodicSampler):
     """Samples some processes every 0.25 s; ``peak[name]`` is the largest RSS, ``peak_uss[name]`` the largest USS.
 
     RSS counts the shared-memory pages of Ray's object store that a process maps; USS (memory private to the
@@ -50,30 +50,20 @@ class PeakRss:
     """
 
     def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(0.25)
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid}
         self.peak = {name: 0 for name in self.procs}
         self.peak_uss = {name: 0 for name in self.procs}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, proc in self.procs.items():
-                try:
-                    info = proc.memory_full_info()
-                    self.peak[name] = max(self.peak[name], info.rss)
-                    self.peak_uss[name] = max(self.peak_uss[name], info.uss)
-                except psutil.Error:
-                    pass
-            self._stop.wait(0.25)
-
-    def __enter__(self) -> "PeakRss":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        """Update the peaks from each process's current RSS and USS."""
+        for name, proc in self.procs.items():
+            try:
+                info = proc.memory_full_info()
+                self.peak[name] = max(self.peak[name], info.rss)
+                self.peak_uss[name] = max(self.peak_uss[name], info.uss)
+            except psutil.Error:
+                pass
 
 
 def _proxy_pid() -> int:
@@ -116,81 +106,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=4, help="parts in flight (default %(default)s)")
     args = parser.parse_args(argv)
 
-    import ray
     from ray import serve
 
     from core.objects import ObjectStore
-    from core.settings import Settings
     from serve.uploads.app import build_app
 
     part_size = args.part_mib * MiB
     with tempfile.TemporaryDirectory(prefix="sluice-upload-bench-") as tmp:
         root = Path(tmp)
-        pg = start_postgres(root / "pg", free_port(), die_with_parent=True)
-        rd = start_redis(root / "redis", free_port(), die_with_parent=True)
-        s3 = start_s3(root / "s3", free_port(), "bench", "bench-secret", die_with_parent=True)
-        try:
-            settings = Settings(
-                postgres_dsn=pg.dsn, redis_url=rd.url, s3_endpoint=s3.endpoint, s3_access_key="bench",
-                s3_secret_key="bench-secret", s3_bucket="bench", qdrant_path=root / "qdrant", upload_part_size=part_size,
-            )
-            objects = ObjectStore(settings, timeout_s=600)
-            objects.ensure_bucket()
-            data_path = root / "payload.bin"
-            with open(data_path, "wb") as f:
-                for _ in range(args.size_mib):
-                    f.write(os.urandom(MiB))
-            size = data_path.stat().st_size
-            sha256 = hashlib.sha256(data_path.read_bytes()).hexdigest()
-
-            # Warm up: the first write to a new bucket makes SeaweedFS grow its volumes.
-            objects.client.put_object("bench", "warm-up", io.BytesIO(os.urandom(part_size)), part_size)
-            objects.remove("warm-up")
-            started = time.perf_counter()
-            objects.client.fput_object("bench", f"{TENANT}/direct/payload.bin", str(data_path), part_size=part_size)
-            direct_s = time.perf_counter() - started
-
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            overrides = settings.model_dump(mode="python") | {
-                "s3_secret_key": "bench-secret", "qdrant_path": str(settings.qdrant_path), "qdrant_api_key": None,
-            }
-            serve.run(build_app({"settings_overrides": overrides}), name="uploads", route_prefix="/v1/uploads")
-            base_url = f"http://127.0.0.1:{port}"
-            handle = serve.get_deployment_handle("UploadsAPI", app_name="uploads")
-            replica_pid = handle.replica_pid.remote().result()
-
-            replica_before = psutil.Process(replica_pid).memory_full_info()
-            with PeakRss({"replica": replica_pid, "proxy": _proxy_pid()}) as rss:
-                started = time.perf_counter()
-                raw = raw_api_upload(base_url, data_path, "raw/payload.bin", sha256, args.parallel, part_size)
-                raw_s = time.perf_counter() - started
-
-                state = root / "client-state.json"
-                started = time.perf_counter()
-                cli = subprocess.run(
-                    [sys.executable, "-m", "serve.client.cli", "--url", base_url, "--tenant", TENANT, "upload",
-                     str(data_path), "--to", "cli", "--parallel", str(args.parallel), "--part-size-mib",
-                     str(args.part_mib), "--state-file", str(state), "--no-progress"],
-                    capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-                )
-                cli_s = time.perf_counter() - started
-            if cli.returncode != 0:
-                raise RuntimeError(f"sluice upload failed ({cli.returncode}): {cli.stderr[-2000:]}")
-            part_peak = handle.part_memory_peak.remote().result()
-            stored_ok = all(
-                objects.stat(f"{TENANT}/{p}/payload.bin").size == size for p in ("direct", "raw", "cli")
-            ) and raw["sha256"] == sha256
-        finally:
+        with bench_servers(root, qdrant_path=root / "qdrant", upload_part_size=part_size) as settings:
             try:
-                serve.shutdown()
-                ray.shutdown()
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                pass
-            for server in (s3, rd, pg):
-                server.stop(timeout_s=5)
+                objects = ObjectStore(settings, timeout_s=600)
+                objects.ensure_bucket()
+                data_path = root / "payload.bin"
+                with open(data_path, "wb") as f:
+                    for _ in range(args.size_mib):
+                        f.write(os.urandom(MiB))
+                size = data_path.stat().st_size
+                sha256 = hashlib.sha256(data_path.read_bytes()).hexdigest()
+
+                # Warm up: the first write to a new bucket makes SeaweedFS grow its volumes.
+                objects.client.put_object("bench", "warm-up", io.BytesIO(os.urandom(part_size)), part_size)
+                objects.remove("warm-up")
+                started = time.perf_counter()
+                objects.client.fput_object("bench", f"{TENANT}/direct/payload.bin", str(data_path), part_size=part_size)
+                direct_s = time.perf_counter() - started
+
+                start_ray()
+                app = build_app({"settings_overrides": settings_overrides(settings)})
+                base_url = serve_app(app, "uploads", "/v1/uploads")
+                handle = serve.get_deployment_handle("UploadsAPI", app_name="uploads")
+                replica_pid = handle.replica_pid.remote().result()
+
+                replica_before = psutil.Process(replica_pid).memory_full_info()
+                with PeakRss({"replica": replica_pid, "proxy": _proxy_pid()}) as rss:
+                    started = time.perf_counter()
+                    raw = raw_api_upload(base_url, data_path, "raw/payload.bin", sha256, args.parallel, part_size)
+                    raw_s = time.perf_counter() - started
+
+                    state = root / "client-state.json"
+                    started = time.perf_counter()
+                    cli = subprocess.run(
+                        [sys.executable, "-m", "serve.client.cli", "--url", base_url, "--tenant", TENANT, "upload",
+                         str(data_path), "--to", "cli", "--parallel", str(args.parallel), "--part-size-mib",
+                         str(args.part_mib), "--state-file", str(state), "--no-progress"],
+                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                    )
+                    cli_s = time.perf_counter() - started
+                if cli.returncode != 0:
+                    raise RuntimeError(f"sluice upload failed ({cli.returncode}): {cli.stderr[-2000:]}")
+                part_peak = handle.part_memory_peak.remote().result()
+                stored_ok = all(
+                    objects.stat(f"{TENANT}/{p}/payload.bin").size == size for p in ("direct", "raw", "cli")
+                ) and raw["sha256"] == sha256
+            finally:
+                stop_ray()
 
     def mbps(seconds: float) -> float:
         return round(size / MB / seconds, 1)

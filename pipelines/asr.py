@@ -36,6 +36,7 @@ import numpy as np
 
 from core.errors import ConfigurationError
 from pipelines.chunk.audio import AudioChunker, AudioWindow
+from pipelines.embed.runtime import torch_runtime
 from pipelines.extract.audio import TARGET_RATE
 
 logger = logging.getLogger(__name__)
@@ -174,18 +175,12 @@ class Transcriber:
         """
         if self._model is not None:
             return
-        import torch
         from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
 
         from pipelines.asr_models import resolve_asr_model
 
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        if self.device is None:
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        on_gpu = self.device.startswith("cuda")
-        self.batch_size = self.batch_size or (16 if on_gpu else 4)
-        self._dtype = torch.float16 if on_gpu else torch.float32
+        self.device, self._dtype = torch_runtime(self.device, self.num_threads)
+        self.batch_size = self.batch_size or (16 if self.device.startswith("cuda") else 4)
         path = resolve_asr_model(self.model_spec, self.cache_dir)
         try:
             self._features = WhisperFeatureExtractor.from_pretrained(path, local_files_only=True)

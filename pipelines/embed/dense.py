@@ -17,6 +17,7 @@ import numpy as np
 
 from core.errors import ConfigurationError
 from pipelines.embed.models import resolve_model_path
+from pipelines.embed.runtime import check_runtime_args, torch_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +73,9 @@ class TextEncoder:
         max_length: int | None = None,
         num_threads: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be at least 1")
+        check_runtime_args(batch_size, num_threads)
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length={max_length} must be at least 2")
-        if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads={num_threads} must be at least 1")
         self.model_spec = model
         self.path = resolve_model_path(model)
         self.device = device
@@ -97,16 +95,11 @@ class TextEncoder:
         """
         if self._model is not None:
             return
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        if self.device is None:
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device, dtype = torch_runtime(self.device, self.num_threads)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
             model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=dtype)
         except OSError as exc:
             raise ConfigurationError(f"text model {self.model_spec!r} is not available offline: {exc}") from exc

@@ -25,6 +25,7 @@ from PIL import Image
 
 from core.errors import ConfigurationError
 from pipelines.embed.models import resolve_model_path
+from pipelines.embed.runtime import check_runtime_args, torch_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +86,7 @@ class ClipEncoder:
     """
 
     def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32, num_threads: int | None = None) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be at least 1")
-        if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads={num_threads} must be at least 1")
+        check_runtime_args(batch_size, num_threads)
         self.model_spec = model
         self.path = _resolve(model)
         self.device = device
@@ -106,14 +104,9 @@ class ClipEncoder:
         """
         if self._model is not None:
             return
-        import torch
         from transformers import CLIPModel, CLIPProcessor
 
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        if self.device is None:
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.device, dtype = torch_runtime(self.device, self.num_threads)
         try:
             self._processor = CLIPProcessor.from_pretrained(self.path, local_files_only=True)
             model = CLIPModel.from_pretrained(self.path, local_files_only=True, dtype=dtype)

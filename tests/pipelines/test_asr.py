@@ -26,13 +26,12 @@ from pipelines.asr import (
     segments_to_chunks,
 )
 from pipelines.chunk.audio import AudioWindow
-from pipelines.extract.audio import TARGET_RATE, decode_audio
+from pipelines.extract.audio import TARGET_RATE
+from tests.pipelines.audio_helpers import NO_SPEECH, SPEECH
+from tests.pipelines.audio_helpers import example_samples as _samples
 
 pytestmark = pytest.mark.unit
 
-AUDIO = Path(__file__).resolve().parents[2] / "examples" / "audio"
-SPEECH = ["maintenance-notice.wav", "safety-briefing.wav"]
-NO_SPEECH = "pluck-no-speech.wav"
 SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
             "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
 
@@ -94,10 +93,6 @@ def transcriber(tiny_whisper) -> Transcriber:
     t = Transcriber(str(tiny_whisper), device="cpu", max_new_tokens=24)
     t.warm_up()
     return t
-
-
-def _samples(name: str) -> np.ndarray:
-    return decode_audio((AUDIO / name).read_bytes(), name).samples
 
 
 def _check_times(chunks: list[AudioChunk], duration: float) -> None:

@@ -7,7 +7,6 @@ files are encoded here from them, and the hostile ones (0 bytes, a corrupt MP3 f
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,12 +22,10 @@ from pipelines.chunk.audio import (
     energy_regions,
 )
 from pipelines.extract.audio import TARGET_RATE, Audio, AudioExtractor, decode_audio
+from tests.pipelines.audio_helpers import AUDIO, NO_SPEECH, SPEECH
+from tests.pipelines.audio_helpers import example_samples as _samples
 
 pytestmark = pytest.mark.unit
-
-AUDIO = Path(__file__).resolve().parents[2] / "examples" / "audio"
-SPEECH = ["maintenance-notice.wav", "safety-briefing.wav"]
-NO_SPEECH = "pluck-no-speech.wav"
 
 
 def encode_mp3(samples: np.ndarray, rate: int) -> bytes:
@@ -165,10 +162,6 @@ def test_audio_over_the_limit_is_audio_too_long(speech) -> None:
 
 
 # Speech windows.
-
-
-def _samples(name: str) -> np.ndarray:
-    return decode_audio((AUDIO / name).read_bytes(), name).samples
 
 
 @pytest.fixture(scope="module")

@@ -10,39 +10,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.objects import ObjectStore
 from serve.client.api import SluiceClient
 from serve.client.cli import main
 from serve.client.state import StateFile
 from serve.client.uploader import Uploader, plan
-from tests.serve.upload_helpers import PART, MiB, Uploads, new_tenant, settings_overrides
+from tests.serve.upload_helpers import PART, MiB, Uploads, settings_overrides
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def client_settings(make_settings):
-    return make_settings(upload_part_size=PART)
-
-
-@pytest.fixture(scope="module")
-def objects(client_settings) -> ObjectStore:
-    store = ObjectStore(client_settings)
-    store.ensure_bucket()
-    return store
-
-
-@pytest.fixture(scope="module")
-def base_url(client_settings, objects, serve_http) -> str:
+def base_url(upload_settings, objects, serve_http) -> str:
     from serve.uploads.app import build_app
 
-    return serve_http(build_app({"settings_overrides": settings_overrides(client_settings)}), "uploads",
+    return serve_http(build_app({"settings_overrides": settings_overrides(upload_settings)}), "uploads",
                       route_prefix="/v1/uploads")
-
-
-@pytest.fixture
-def tenant() -> str:
-    return new_tenant()
 
 
 @pytest.fixture

@@ -28,28 +28,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def upload_settings(make_settings):
-    return make_settings(upload_part_size=PART)
-
-
-@pytest.fixture(scope="module")
-def objects(upload_settings) -> ObjectStore:
-    store = ObjectStore(upload_settings)
-    store.ensure_bucket()
-    return store
-
-
-@pytest.fixture(scope="module")
 def base_url(upload_settings, objects, serve_http) -> str:
     from serve.uploads.app import build_app
 
     app = build_app({"settings_overrides": settings_overrides(upload_settings), "complete_wait_s": 2.0})
     return serve_http(app, "uploads", route_prefix="/v1/uploads")
-
-
-@pytest.fixture
-def tenant() -> str:
-    return new_tenant()
 
 
 @pytest.fixture
