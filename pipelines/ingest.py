@@ -187,7 +187,7 @@ class Resources:
 
     @classmethod
     def from_cluster(cls, cluster: dict[str, float], settings: Settings,
-                     available: dict[str, float] | None = None) -> "Resources":
+                     available: dict[str, float] | None = None, node_cpus: float | None = None) -> "Resources":
         """Size the pools from ``ray.cluster_resources()`` (``CPU`` and ``GPU`` counts) and the ``*_actors`` settings.
 
         Args:
@@ -196,9 +196,11 @@ class Resources:
             available: ``ray.available_resources()`` at the start of the run, when known: the heavy actors'
                 reservations are shared out of the CPUs free then (Serve replicas on the same cluster hold some), so
                 that every pool can start.
+            node_cpus: the CPUs of the smallest node that has any, when known: one actor of every stage must fit
+                on it, so that losing all the other nodes mid-run never leaves a pool unable to restart.
         """
         cpus = max(1, int(cluster.get("CPU", 1)))
-        free = min(float(cpus), float((available or {}).get("CPU", cpus)))
+        free = min(float(cpus), float((available or {}).get("CPU", cpus)), float(node_cpus or cpus))
         gpus = int(cluster.get("GPU", 0))
         prepare = max(1, min(cpus // 2, 8))
         audio_on = bool(settings.asr_model)
@@ -455,6 +457,15 @@ def _configure_fault_tolerance(settings: Settings) -> None:
     ctx.wait_for_min_actors_s = int(settings.remote_call_timeout_s)
 
 
+def _smallest_node_cpus() -> float | None:
+    """The CPU count of the smallest alive node that has CPUs (``ray.nodes()``), ``None`` when none reports any."""
+    import ray
+
+    counts = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    counts = [c for c in counts if c > 0]
+    return min(counts) if counts else None
+
+
 def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float], *,
                  shown: frozenset[tuple[str, int]] = frozenset(),
                  faults: FaultInjection | None = None) -> dict[tuple[str, int], VersionOutcome]:
@@ -476,7 +487,7 @@ def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float]
             prepare_cls = _with_faults(PrepareStage, faults)
         else:
             embed_cls = _with_faults(EmbedStage, faults)
-    res = Resources.from_cluster(cluster, settings, available=ray.available_resources())
+    res = Resources.from_cluster(cluster, settings, available=ray.available_resources(), node_cpus=_smallest_node_cpus())
     blocks = max(1, min(len(rows) // PREPARE_BATCH_ROWS + 1, 256))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
@@ -527,6 +538,14 @@ def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float]
             raise service from exc
         if type(exc).__name__ == "ExecutionTimeoutError":
             raise ServiceUnavailableError("ray", f"the dataset made no progress for {settings.remote_call_timeout_s} s: {exc}") from exc
+        if isinstance(exc, ray.exceptions.GetTimeoutError) and "starting actors" in str(exc):
+            # Ray Data's actor pools never started: the cluster lacks the resources (or its CPUs are held by
+            # others, such as Serve replicas). Nothing was written; the versions stay claimed and the next run
+            # resumes them.
+            raise ServiceUnavailableError(
+                "ray", f"the actor pools could not start ({res}); free CPUs: "
+                f"{ray.available_resources().get('CPU', 0):.2f} of {ray.cluster_resources().get('CPU', 0):.0f}: {exc}"
+            ) from exc
         raise
     return sink.outcomes
 
@@ -553,7 +572,7 @@ def _record(catalog: Catalog, store: VectorStore, claim: Claim, outcome: Version
         return True
     if not keep_points and (outcome.written or not claim.first_attempt):
         store.delete_versions(document_id, [version])
-    catalog.mark_failed(document_id, version, stage=stage, reason=reason, detail=detail)
+    catalog.mark_failed(document_id, version, stage=stage, reason=reason, detail=detail, keep_indexed=keep_points)
     summary.documents_failed += 1
     summary.failures[reason] = summary.failures.get(reason, 0) + 1
     return False

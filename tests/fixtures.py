@@ -2,7 +2,8 @@
 
 Fixtures:
     make_settings: a factory of :class:`core.settings.Settings` on the session's servers, each call with its own
-        bucket, collection and embedded Qdrant folder (for module-scoped fixtures, which cannot use ``settings``).
+        bucket, collection and embedded Qdrant folder (for module-scoped fixtures, which cannot use ``settings``),
+        and no ASR model unless given.
     ray_local: a local Ray instance for the test module (one per module, STYLE.md habit 11), in namespace ``sluice``.
     serve_http: a factory that runs a Serve application on a free HTTP port (at its route prefix) and returns the
         base URL of the Serve proxy.
@@ -39,6 +40,9 @@ def make_settings(postgres_dsn, redis_url, s3_endpoint, tmp_path_factory) -> Cal
             qdrant_url="",
             qdrant_collection=f"m_{name}",
             qdrant_path=Path(tmp_path_factory.mktemp("qdrant")),
+            # No speech recognition unless a test asks for it (the multimodal tests pass a tiny Whisper): the
+            # audio stage's actor pool would otherwise take a share of the 2 test CPUs in every ingest run.
+            asr_model="",
         )
         values.update(overrides)
         return Settings(**values)

@@ -56,8 +56,13 @@ def put_corpus(settings, tenant: str, count: int, *, paragraphs: int = 3) -> dic
 
 
 def snapshot(settings) -> list[tuple[str, dict]]:
-    """Every point of the collection as ``(id, payload)``, sorted by id (vectors left out)."""
-    return sorted((str(r.id), r.payload) for r in VectorStore(settings).scroll())
+    """Every point of the collection as ``(id, payload)``, sorted by id (vectors left out).
+
+    ``created_at`` (when the catalog registered the version) is left out too: two catalogs registering the same
+    bytes at different moments hold the same index.
+    """
+    return sorted((str(r.id), {k: v for k, v in r.payload.items() if k != "created_at"})
+                  for r in VectorStore(settings).scroll())
 
 
 class FlakyProxy:

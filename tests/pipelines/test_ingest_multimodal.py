@@ -247,10 +247,13 @@ def test_pools_are_sized_per_modality():
     assert (small.embed_actors, small.image_actors, small.audio_actors) == (1, 1, 1)
     # Every pool can start at once: the heavy actors' reservations fit beside one prepare actor and a write task.
     assert small.embed_cpus + small.image_cpus + small.audio_cpus + Resources.PREPARE_CPUS + Resources.WRITE_CPUS <= 2
-    assert Resources.from_cluster({"CPU": 2}, Settings()).audio_actors == 0
+    assert Resources.from_cluster({"CPU": 2}, Settings(asr_model="")).audio_actors == 0
     # Beside Serve replicas holding half a CPU, the reservations shrink to what is free.
-    beside = Resources.from_cluster({"CPU": 2}, Settings(), available={"CPU": 1.5})
+    beside = Resources.from_cluster({"CPU": 2}, Settings(asr_model=""), available={"CPU": 1.5})
     assert beside.embed_cpus + beside.image_cpus + Resources.PREPARE_CPUS + Resources.WRITE_CPUS <= 1.5
+    # One actor of every stage fits on the smallest node, so losing the others never stalls a pool.
+    nodes = Resources.from_cluster({"CPU": 4}, Settings(asr_model=""), node_cpus=2)
+    assert nodes.embed_cpus + nodes.image_cpus + Resources.PREPARE_CPUS + Resources.WRITE_CPUS <= 2
     big = Resources.from_cluster({"CPU": 32}, Settings(asr_model="x"))
     assert (big.embed_actors, big.image_actors, big.audio_actors) == (8, 4, 4) and big.image_cpus == 1.0
     gpu = Resources.from_cluster({"CPU": 16, "GPU": 2}, Settings(asr_model="x", image_model="y"))
