@@ -16,18 +16,25 @@ class DeadLetters:
     Uses the catalog's ``_run(fn, *args)`` (one retried transaction).
     """
 
-    def mark_failed(self, document_id: str, version: int, *, stage: str, reason: str, detail: str = "") -> None:
+    def mark_failed(self, document_id: str, version: int, *, stage: str, reason: str, detail: str = "",
+                    keep_indexed: bool = False) -> None:
         """Record a version as ``failed`` and add its ``dead_letters`` row; what search shows does not change.
 
         Args:
             stage: where it failed (``extract``, ``embed``, ``index``). reason: a stable reason code.
             detail: human-readable text (truncated to 2,000 characters).
+            keep_indexed: the failure was a re-index (``--force``) of the version search shows, whose points are
+                kept: it stays ``indexed`` with its chunk count (the catalog keeps matching the index), and only
+                the dead letter and ``error`` record the failed attempt.
         """
         detail = detail[:2000]
+        status_sql = (
+            "status = 'indexed'" if keep_indexed else "status = 'failed', written_count = NULL"
+        )
 
         def mark(conn: psycopg.Connection) -> None:
             conn.execute(
-                "UPDATE document_versions SET status = 'failed', error = %s, written_count = NULL, updated_at = now() "
+                f"UPDATE document_versions SET {status_sql}, error = %s, updated_at = now() "
                 "WHERE document_id = %s AND version = %s",
                 (f"{reason}: {detail}" if detail else reason, document_id, version),
             )

@@ -117,6 +117,28 @@ def test_restore_brings_a_version_back_without_embedding(settings, catalog):
     _clean(settings, tenant)
 
 
+def test_a_forced_reindex_of_a_restored_version_keeps_it_shown_and_indexed(settings, catalog):
+    """After a restore the object holds newer bytes; --force cannot re-read the restored version, and must not
+    demote it: it stays indexed and searchable, and the failed attempt is a dead letter."""
+    tenant, doc = "forced", document_id("forced", "f.md")
+    objects, engine = ObjectStore(settings), SearchEngine(settings)
+    objects.put_bytes(f"{tenant}/f.md", b"# Old\n\nThe first text names the mineral brazzelite.\n")
+    run_ingest(settings, tenant=tenant, scan=True)
+    objects.put_bytes(f"{tenant}/f.md", b"# New\n\nThe second text names the mineral cordovite.\n")
+    run_ingest(settings, tenant=tenant, scan=True)
+    lifecycle.restore_version(settings, doc, 1)
+
+    forced = run_ingest(settings, tenant=tenant, force=True)
+    assert forced.failures == {"object_changed": 1}
+    v1 = next(v for v in catalog.list_versions(doc) if v.version == 1)
+    assert v1.status == "indexed" and v1.chunk_count >= 1
+    assert catalog.get_document(doc).latest_version == 1
+    answer = engine.search(tenant, SearchRequest(query="brazzelite", mode="sparse", top_k=5))
+    assert [r["version"] for r in answer["results"]] == [1]
+    assert [d["reason"] for d in catalog.dead_letters(doc)] == ["object_changed"]
+    _clean(settings, tenant)
+
+
 def test_a_deleted_document_is_absent_from_every_leg_and_the_cache(settings, catalog):
     tenant = "deleting"
     objects, store = ObjectStore(settings), VectorStore(settings)
