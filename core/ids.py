@@ -30,8 +30,8 @@ def normalise_path(path: str) -> str:
     """Return the canonical form of a document path.
 
     The rules: Unicode NFC (so NFC and NFD spellings are one document); ``/``-separated (a ``\\`` is not a
-    separator); relative; no empty, ``.`` or ``..`` segment; no control character (Unicode category Cc);
-    no segment over 255 bytes of UTF-8.
+    separator); relative; no empty, blank (only white space), ``.`` or ``..`` segment; no control character
+    (Unicode category Cc); no segment over 255 bytes of UTF-8.
 
     Args:
         path: the path as the client or the object store gave it.
@@ -52,6 +52,8 @@ def normalise_path(path: str) -> str:
     for segment in nfc.split("/"):
         if segment == "":
             raise InvalidPathError(path, "the path has an empty segment ('//' or a trailing '/')")
+        if segment.isspace():
+            raise InvalidPathError(path, "a segment is only white space")
         if segment in {".", ".."}:
             raise InvalidPathError(path, f"the segment {segment!r} is not allowed")
         if any(unicodedata.category(c) == "Cc" for c in segment):

@@ -8,6 +8,7 @@ only sets the header when the app runs outside Serve.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import unicodedata
@@ -71,6 +72,31 @@ def validation_detail(exc: Exception) -> str:
     """A one-line account of a pydantic ``ValidationError``: ``field: message; ...``."""
     errors = exc.errors() if hasattr(exc, "errors") else []
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors) or str(exc)
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """Read and decode a JSON request body of at most ``max_bytes`` bytes, streaming it.
+
+    Args:
+        request: the Starlette request. max_bytes: the largest body accepted, bytes.
+
+    Returns:
+        The decoded JSON value (any JSON type: callers check its shape).
+
+    Raises:
+        ApiError: 413 ``body_too_large`` past ``max_bytes`` (read no further); 400 ``invalid_json`` when the body is
+            not JSON (RFC 8259), including nesting too deep for the decoder (``RecursionError``).
+    """
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "body_too_large", f"the JSON body is limited to {max_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "the body is not JSON") from None
 
 
 def _serve_request_id() -> str | None:

@@ -175,6 +175,7 @@ def write_env_file(state_dir: Path, env: Mapping[str, str], ray: RayHead | None,
         ]
     if serve_url:
         lines.append(f"export SLUICE_SERVE_URL={serve_url}")
+        lines.append(f"export SLUICE_URL={serve_url}")  # what the sluice client reads
     path = state_dir / "env"
     path.write_text("\n".join(lines) + "\n")
     return path

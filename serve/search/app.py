@@ -31,7 +31,7 @@ from ray.serve.handle import DeploymentHandle
 
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
-from serve.http import install_common_handlers, tenant_of, validation_detail
+from serve.http import ApiError, install_common_handlers, read_json_body, tenant_of, validation_detail
 from serve.search.engine import SearchEngine
 from serve.search.query import BatchRequest, SearchRequest
 
@@ -133,13 +133,17 @@ async def _await(response: Any) -> Any:
     return await response
 
 
+#: The largest JSON body accepted: a batch of the most queries, each of the longest text, fits with room to spare.
+MAX_JSON_BYTES = 1024 * 1024
+
+
 async def _body(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
     try:
-        return model.model_validate(await request.json())
+        return model.model_validate(await read_json_body(request, MAX_JSON_BYTES))
+    except ApiError as exc:
+        return exc.response()
     except ValidationError as exc:
         return _error(422, "invalid_request", validation_detail(exc))
-    except ValueError:
-        return _error(400, "invalid_json", "the body is not JSON")
 
 
 @serve.deployment(name="SearchAPI", max_ongoing_requests=256, max_queued_requests=256, ray_actor_options={"num_cpus": 0.1})

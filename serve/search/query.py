@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 from qdrant_client import models
 
 #: IMAGE_VECTOR: the dense vector of image points (CLIP), queried with a CLIP text embedding when ``modalities``
@@ -88,14 +88,15 @@ class SearchRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     query: str = Field(min_length=1, max_length=4096)
-    top_k: int = Field(default=10, ge=1, le=100)
-    offset: int = Field(default=0, ge=0, le=10_000)
+    # Strict: JSON true or "5" is not a count (pydantic's lax mode would take them as 1 and 5).
+    top_k: StrictInt = Field(default=10, ge=1, le=100)
+    offset: StrictInt = Field(default=0, ge=0, le=10_000)
     mode: Mode = "hybrid"
     fusion: Fusion | None = None
-    rrf_k: int | None = Field(default=None, ge=1, le=1000)
+    rrf_k: StrictInt | None = Field(default=None, ge=1, le=1000)
     filters: SearchFilters | None = None
     modalities: list[Literal["text", "image", "audio"]] | None = Field(default=None, min_length=1)
-    version: Literal["latest"] | int = "latest"
+    version: Literal["latest"] | StrictInt = "latest"
 
     @field_validator("query")
     @classmethod

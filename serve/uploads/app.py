@@ -17,7 +17,6 @@ routes are the contract's absolute paths, so the application serves them under t
 # No ``from __future__ import annotations`` here: FastAPI must see real annotations (``Request``) on the methods
 # that ``serve.ingress`` turns into routes.
 import asyncio
-import json
 import logging
 import os
 from typing import Any
@@ -43,7 +42,7 @@ from core.uploads import (
     UploadStateError,
     UploadTooLargeError,
 )
-from serve.http import ApiError, ContractPaths, install_common_handlers, tenant_of, validation_detail
+from serve.http import ApiError, ContractPaths, install_common_handlers, read_json_body, tenant_of, validation_detail
 from serve.uploads.body import ByteBudget, NativeMemory, check_declared_length, parse_digests, read_part, verify
 from serve.uploads.models import CreateUpload, check_path_characters
 
@@ -86,16 +85,7 @@ def api_error(exc: Exception) -> ApiError:
 
 
 async def _create_body(request: Request) -> CreateUpload:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_JSON_BYTES:
-            raise ApiError(413, "body_too_large", f"the JSON body is limited to {MAX_JSON_BYTES} bytes")
-        chunks.append(chunk)
-    try:
-        raw = json.loads(b"".join(chunks))
-    except (ValueError, RecursionError):
-        raise ApiError(400, "invalid_json", "the body is not JSON") from None
+    raw = await read_json_body(request, MAX_JSON_BYTES)
     if not isinstance(raw, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
     if isinstance(raw.get("path"), str):

@@ -31,6 +31,8 @@ def test_nfc_and_nfd_spellings_are_one_document():
         ("tab\tname", "control"),
         ("x" * 256, "255 bytes"),
         ("", "empty"),
+        ("  ", "white space"),
+        ("docs/ \u3000/a.md", "white space"),
     ],
 )
 def test_hostile_paths_are_rejected_with_the_rule_named(path, reason):

@@ -101,6 +101,15 @@ def test_errors_are_json_with_a_code(base_url):
     assert blank.status_code == 422
     not_json = httpx.post(f"{base_url}/v1/search", content=b"{nope", headers={"X-User-ID": "acme"}, timeout=30)
     assert not_json.status_code == 400 and not_json.json()["error"] == "invalid_json"
+    # Nesting deeper than the decoder allows is bad JSON, not a server error; a huge body is refused unread.
+    deep = httpx.post(f"{base_url}/v1/search", content=b"[" * 20000 + b"]" * 20000, headers={"X-User-ID": "acme"}, timeout=30)
+    assert deep.status_code == 400 and deep.json()["error"] == "invalid_json"
+    huge = httpx.post(f"{base_url}/v1/search", content=b" " * (2 * 1024 * 1024), headers={"X-User-ID": "acme"}, timeout=30)
+    assert huge.status_code == 413 and huge.json()["error"] == "body_too_large"
+    # Counts are integers: JSON true or "5" are not taken for 1 and 5.
+    for wrong in (True, "5", 2.5):
+        answer = post(base_url, {"query": "bread", "top_k": wrong})
+        assert answer.status_code == 422 and "top_k" in answer.json()["detail"], wrong
 
 
 def test_a_tenant_never_sees_another_tenants_document(base_url):
