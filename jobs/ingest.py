@@ -19,12 +19,11 @@ import json
 import logging
 import sys
 
-from core.errors import ConfigurationError, InvalidPathError, ServiceUnavailableError
+from core.errors import ConfigurationError, InvalidPathError
 from core.settings import Settings
+from jobs.cli import EXIT_INFRASTRUCTURE, configure_logging, run_job
 
 logger = logging.getLogger("jobs.ingest")
-
-EXIT_INFRASTRUCTURE = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,24 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the job; print the JSON summary as the last line; return the exit status."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
+    configure_logging()
+
+    def job():
         if args.tenant is not None:
             from core.ids import object_key
 
             object_key(args.tenant, "x")  # validates the tenant name
-        settings = Settings()
         from pipelines.ingest import run_ingest
 
-        summary = run_ingest(settings, tenant=args.tenant, prefix=args.prefix, scan=args.scan, force=args.force,
-                             retry_failed=args.retry_failed)
-    except ServiceUnavailableError as exc:
-        print(f"ingest failed: {exc.service} is unreachable: {exc.detail}", file=sys.stderr)
-        print(json.dumps({"error": "service_unavailable", "service": exc.service, "detail": exc.detail}))
-        return EXIT_INFRASTRUCTURE
-    except (ConfigurationError, InvalidPathError) as exc:
-        print(f"ingest failed: {exc}", file=sys.stderr)
-        print(json.dumps({"error": "configuration", "detail": str(exc)}))
+        return run_ingest(Settings(), tenant=args.tenant, prefix=args.prefix, scan=args.scan, force=args.force,
+                          retry_failed=args.retry_failed)
+
+    summary = run_job("ingest", job, configuration_errors=(ConfigurationError, InvalidPathError))
+    if summary is None:
         return EXIT_INFRASTRUCTURE
     sys.stdout.flush()
     print(json.dumps(dataclasses.asdict(summary)), flush=True)

@@ -29,12 +29,10 @@ import time
 
 import psycopg
 
-from core.errors import ConfigurationError, ServiceUnavailableError
 from core.settings import Settings
+from jobs.cli import EXIT_INFRASTRUCTURE, configure_logging, run_job
 
 logger = logging.getLogger("jobs.janitor")
-
-EXIT_INFRASTRUCTURE = 2
 
 
 def run_janitor(settings: Settings, *, limit: int = 1000) -> dict[str, float]:
@@ -67,20 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.janitor", description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=1000, help="expire at most this many uploads (default %(default)s)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        summary = run_janitor(Settings(), limit=args.limit)
-    except ServiceUnavailableError as exc:
-        print(f"janitor failed: {exc.service} is unreachable: {exc.detail}", file=sys.stderr)
-        print(json.dumps({"error": "service_unavailable", "service": exc.service, "detail": exc.detail}))
-        return EXIT_INFRASTRUCTURE
-    except psycopg.OperationalError as exc:
-        print(f"janitor failed: postgres: {exc}", file=sys.stderr)
-        print(json.dumps({"error": "service_unavailable", "service": "postgres", "detail": str(exc)}))
-        return EXIT_INFRASTRUCTURE
-    except ConfigurationError as exc:
-        print(f"janitor failed: {exc}", file=sys.stderr)
-        print(json.dumps({"error": "configuration", "detail": str(exc)}))
+    configure_logging()
+    summary = run_job("janitor", lambda: run_janitor(Settings(), limit=args.limit),
+                      unavailable={psycopg.OperationalError: "postgres"})
+    if summary is None:
         return EXIT_INFRASTRUCTURE
     print(json.dumps(summary), flush=True)
     return 0

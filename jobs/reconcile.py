@@ -31,14 +31,14 @@ from typing import Any
 from core import lifecycle
 from core.cache import Cache
 from core.catalog import Catalog
-from core.errors import ConfigurationError, ServiceUnavailableError
+from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from core.vectorstore import VectorStore
+from jobs.cli import EXIT_INFRASTRUCTURE, configure_logging, run_job
 
 logger = logging.getLogger("jobs.reconcile")
 
 EXIT_DIFFERENT = 1
-EXIT_INFRASTRUCTURE = 2
 #: Differences listed one by one in the report (all are counted).
 MAX_LISTED = 100
 
@@ -181,16 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="", help="only paths starting with this prefix")
     parser.add_argument("--check", action="store_true", help="only report; exit 1 on any difference")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        report = reconcile(Settings(), tenant=args.tenant, prefix=args.prefix, check=args.check)
-    except ServiceUnavailableError as exc:
-        print(f"reconcile failed: {exc.service} is unreachable: {exc.detail}", file=sys.stderr)
-        print(json.dumps({"error": "service_unavailable", "service": exc.service, "detail": exc.detail}))
-        return EXIT_INFRASTRUCTURE
-    except ConfigurationError as exc:
-        print(f"reconcile failed: {exc}", file=sys.stderr)
-        print(json.dumps({"error": "configuration", "detail": str(exc)}))
+    configure_logging()
+    report = run_job("reconcile", lambda: reconcile(Settings(), tenant=args.tenant, prefix=args.prefix, check=args.check))
+    if report is None:
         return EXIT_INFRASTRUCTURE
     print(json.dumps(report, default=str), flush=True)
     return 0 if report["clean"] else EXIT_DIFFERENT

@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 
-from core.errors import ConfigurationError, InvalidPathError, ServiceUnavailableError
+from core.errors import ConfigurationError, InvalidPathError
 from core.settings import Settings
-
-EXIT_INFRASTRUCTURE = 2
+from jobs.cli import EXIT_INFRASTRUCTURE, configure_logging, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,22 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenant", help="only this tenant's documents (default: every tenant)")
     parser.add_argument("--prefix", default="", help="only paths starting with this prefix")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        base = Settings()
+    configure_logging()
+    base = Settings()
+    settings = base.model_copy(update={"qdrant_collection": args.collection})
+
+    def job():
         if args.collection == base.qdrant_collection:
             raise ConfigurationError(f"--collection {args.collection!r} is the current collection: name a new one")
-        settings = base.model_copy(update={"qdrant_collection": args.collection})
         from pipelines.ingest import run_ingest
 
-        summary = run_ingest(settings, tenant=args.tenant, prefix=args.prefix, force=True)
-    except ServiceUnavailableError as exc:
-        print(f"reindex failed: {exc.service} is unreachable: {exc.detail}", file=sys.stderr)
-        print(json.dumps({"error": "service_unavailable", "service": exc.service, "detail": exc.detail}))
-        return EXIT_INFRASTRUCTURE
-    except (ConfigurationError, InvalidPathError) as exc:
-        print(f"reindex failed: {exc}", file=sys.stderr)
-        print(json.dumps({"error": "configuration", "detail": str(exc)}))
+        return run_ingest(settings, tenant=args.tenant, prefix=args.prefix, force=True)
+
+    summary = run_job("reindex", job, configuration_errors=(ConfigurationError, InvalidPathError))
+    if summary is None:
         return EXIT_INFRASTRUCTURE
     print(json.dumps({**dataclasses.asdict(summary), "collection": args.collection, "model": settings.text_model}), flush=True)
     return 0

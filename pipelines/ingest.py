@@ -302,8 +302,6 @@ def run_ingest(
             then: versions stay ``pending``/``indexing`` and the next run picks them up).
         ConfigurationError: the model is missing, or differs from the one the collection was built with.
     """
-    import ray
-
     started = time.perf_counter()
     summary = IngestSummary()
     catalog, objects, store = Catalog(settings), ObjectStore(settings), VectorStore(settings)
@@ -497,38 +495,32 @@ def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float]
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.prepare_actors),
         num_cpus=res.prepare_cpus,
     )
-    ds = ds.map_batches(
-        ImageStage,
-        fn_constructor_args=(settings,),
-        fn_constructor_kwargs={"device": "cuda" if res.image_gpus else "cpu", "num_threads": res.image_threads},
-        batch_size=IMAGE_BATCH_ROWS,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.image_actors),
-        num_gpus=res.image_gpus or None,
-        num_cpus=res.image_cpus,
-    )
-    if res.audio_actors:
-        ds = ds.map_batches(
-            AudioStage,
+
+    def model_stage(ds, cls, *, actors: int, cpus: float, gpus: float, threads: int | None, batch_size: int,
+                    fixed: bool = False):
+        """One model-running stage on its own actor pool (``fixed``: all actors start at once)."""
+        compute = (ray.data.ActorPoolStrategy(size=actors) if fixed
+                   else ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
+        return ds.map_batches(
+            cls,
             fn_constructor_args=(settings,),
-            fn_constructor_kwargs={"device": "cuda" if res.audio_gpus else "cpu", "num_threads": res.audio_threads},
-            batch_size=AUDIO_BATCH_ROWS,
+            fn_constructor_kwargs={"device": "cuda" if gpus else "cpu", "num_threads": threads},
+            batch_size=batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.audio_actors),
-            num_gpus=res.audio_gpus or None,
-            num_cpus=res.audio_cpus,
+            compute=compute,
+            num_gpus=gpus or None,
+            num_cpus=cpus,
         )
-    ds = ds.map_batches(
-        embed_cls,
-        fn_constructor_args=(settings,),
-        fn_constructor_kwargs={"device": "cuda" if res.embed_gpus else "cpu", "num_threads": res.embed_threads},
-        # Many model batches per call: the encoder sorts each call's texts by length, so less padding is computed.
-        batch_size=settings.embed_batch_size * 16,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=res.embed_actors),  # all start at once: each loads the model
-        num_gpus=res.embed_gpus or None,
-        num_cpus=res.embed_cpus,
-    )
+
+    ds = model_stage(ds, ImageStage, actors=res.image_actors, cpus=res.image_cpus, gpus=res.image_gpus,
+                     threads=res.image_threads, batch_size=IMAGE_BATCH_ROWS)
+    if res.audio_actors:
+        ds = model_stage(ds, AudioStage, actors=res.audio_actors, cpus=res.audio_cpus, gpus=res.audio_gpus,
+                         threads=res.audio_threads, batch_size=AUDIO_BATCH_ROWS)
+    # Many model batches per call: the encoder sorts each call's texts by length, so less padding is computed.
+    # All embed actors start at once: each loads the model.
+    ds = model_stage(ds, embed_cls, actors=res.embed_actors, cpus=res.embed_cpus, gpus=res.embed_gpus,
+                     threads=res.embed_threads, batch_size=settings.embed_batch_size * 16, fixed=True)
     sink = QdrantDatasink(settings, shown=shown)
     try:
         ds.write_datasink(sink, ray_remote_args={"max_retries": WRITE_TASK_RETRIES, "num_cpus": Resources.WRITE_CPUS})

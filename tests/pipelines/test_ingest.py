@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import unicodedata
-import uuid
 from pathlib import Path
 
 import pytest

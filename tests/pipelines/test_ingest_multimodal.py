@@ -20,9 +20,9 @@ from pipelines.extract.audio import decode_audio
 from pipelines.ingest import Resources, run_ingest
 from serve.search.engine import SearchEngine
 from serve.search.query import SearchRequest
-from tests.pipelines.test_asr import build_tiny_whisper
 from tests.pipelines.test_audio import corrupt_middle, encode_mp3
-from tests.pipelines.test_image import build_tiny_clip, png_claiming
+from tests.pipelines.media_helpers import media_settings, red_square_png
+from tests.pipelines.test_image import png_claiming
 from tests.pipelines.test_pdf_images import make_pdf
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,15 +56,6 @@ def _hostile() -> dict[str, tuple[bytes, str]]:
     }
 
 
-def _red_square() -> bytes:
-    """A small picture without any text (only the CLIP leg can find it), named ``.txt``: its bytes decide."""
-    image = Image.new("RGB", (96, 64), "white")
-    image.paste((220, 20, 20), (20, 10, 76, 54))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _scan() -> bytes:
     """A scanned page: the top of the add-one screenshot as the page's only content (Pillow's PDF writer, as
     ``test_pdf_images.scanned_pdf`` does; no text layer)."""
@@ -77,16 +68,14 @@ def _scan() -> bytes:
 
 @pytest.fixture(scope="module")
 def mixed(ray_local, make_settings, tmp_path_factory):
-    clip = build_tiny_clip(tmp_path_factory.mktemp("clip"))
-    whisper = build_tiny_whisper(tmp_path_factory.mktemp("whisper"))
-    settings = make_settings(image_model=str(clip), asr_model=str(whisper))
+    settings = media_settings(make_settings, tmp_path_factory)
     objects = ObjectStore(settings)
     objects.ensure_bucket()
     good = {
         "docs/fastapi.md": (EXAMPLES / "docs" / "fastapi.md").read_bytes(),
         "pdf/shared-mime-info-spec.pdf": (EXAMPLES / "pdf" / "shared-mime-info-spec.pdf").read_bytes(),
         "scans/add-one-scan.pdf": _scan(),
-        "misc/red-square.txt": _red_square(),
+        "misc/red-square.txt": red_square_png(),
     }
     for path in (ADD_ONE, "images/rustdoc-crate-page.png", *SPEECH, NO_SPEECH):
         good[path] = (EXAMPLES / path).read_bytes()

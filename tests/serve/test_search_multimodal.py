@@ -4,20 +4,17 @@ built from transformers configs; RapidOCR; the real text model)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 from qdrant_client import models
 
 from core.ids import document_id
 from core.objects import ObjectStore
 from core.vectorstore import VectorStore
 from pipelines.ingest import run_ingest
-from tests.pipelines.test_asr import build_tiny_whisper
-from tests.pipelines.test_image import build_tiny_clip
+from tests.pipelines.media_helpers import media_settings, red_square_png
 from tests.serve.test_search import settings_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,23 +26,13 @@ SPEECH = "audio/maintenance-notice.wav"
 SQUARE = "images/red-square.png"
 
 
-def _red_square() -> bytes:
-    image = Image.new("RGB", (96, 64), "white")
-    image.paste((220, 20, 20), (20, 10, 76, 54))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def indexed(ray_local, make_settings, tmp_path_factory):
-    clip = build_tiny_clip(tmp_path_factory.mktemp("clip"))
-    whisper = build_tiny_whisper(tmp_path_factory.mktemp("whisper"))
-    settings = make_settings(image_model=str(clip), asr_model=str(whisper))
+    settings = media_settings(make_settings, tmp_path_factory)
     objects = ObjectStore(settings)
     objects.ensure_bucket()
     files = {ADD_ONE: (EXAMPLES / ADD_ONE).read_bytes(), SPEECH: (EXAMPLES / SPEECH).read_bytes(),
-             SQUARE: _red_square(), "docs/httpx.md": (EXAMPLES / "docs" / "httpx.md").read_bytes()}
+             SQUARE: red_square_png(), "docs/httpx.md": (EXAMPLES / "docs" / "httpx.md").read_bytes()}
     for path, data in files.items():
         objects.put_bytes(f"{TENANT}/{path}", data)
     summary = run_ingest(settings, tenant=TENANT, scan=True)
