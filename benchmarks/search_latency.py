@@ -6,7 +6,8 @@ HTTP at concurrency 1, 8 and 32 for ``--rounds`` passes each, and measures p50/p
 cache is off (``search_cache_ttl_s=0``) so every request queries the store; query embeddings stay cached after the
 first pass, as in service. Beside that, the same queries go straight to the vector store in this one process
 (``VectorStore.query`` with the very Qdrant call the engine makes, embeddings precomputed), and the overhead ratio
-is ``p50 through Serve at concurrency 1 / p50 straight to the store``. Prints one JSON line.
+is ``p50 through Serve at concurrency 1 / p50 straight to the store``; the floor is encoding the same queries one
+at a time with the same model in this process (``serve_over_encode_p50_c1``). Prints one JSON line.
 
     python benchmarks/search_latency.py ../shared/datasets/vaswani [--limit-docs N] [--index-dir DIR] [--rounds R]
 """
@@ -99,13 +100,29 @@ def store_load(settings, texts: list[str], rounds: int) -> dict[str, float]:
                     rrf_k=settings.rrf_k)
         for t, v in zip(texts, vectors)
     ]
-    store.query(**calls[0])  # warm the connection
+    store.query(calls[0])  # warm the connection
     latencies = []
     started = time.perf_counter()
     for _ in range(rounds):
-        for kwargs in calls:
+        for request in calls:
             t0 = time.perf_counter()
-            store.query(**kwargs)
+            store.query(request)
+            latencies.append(time.perf_counter() - t0)
+    return summarise(latencies, time.perf_counter() - started)
+
+
+def encode_load(settings, texts: list[str], rounds: int) -> dict[str, float]:
+    """Encoding the same queries one at a time with the same model in this one plain process (the floor of a search)."""
+    from pipelines.embed.dense import TextEncoder
+
+    encoder = TextEncoder(settings.text_model)
+    encoder.encode(texts[:1])
+    latencies = []
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for t in texts:
+            t0 = time.perf_counter()
+            encoder.encode([t])
             latencies.append(time.perf_counter() - t0)
     return summarise(latencies, time.perf_counter() - started)
 
@@ -123,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(http_load(stack.base_url, texts, 4, 1))  # warm-up: replicas, connections, embedding cache
         serve_results = {f"c{c}": asyncio.run(http_load(stack.base_url, texts, c, args.rounds)) for c in CONCURRENCY}
         store_results = store_load(stack.settings, texts, args.rounds)
+        encode_results = encode_load(stack.settings, texts, args.rounds)
         documents = len(stack.docs)
     line = {
         "benchmark": "search_latency",
@@ -133,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": TOP_K,
         "serve_http": serve_results,
         "store_direct": store_results,
+        "encode_only": encode_results,
         "overhead_ratio_p50_c1": round(serve_results["c1"]["p50_ms"] / store_results["p50_ms"], 2),
-        "store": "embedded qdrant-client local mode (one Ray actor)" if not stack.settings.qdrant_url else "qdrant server",
+        "serve_over_encode_p50_c1": round(serve_results["c1"]["p50_ms"] / encode_results["p50_ms"], 2),
+        "store": "embedded Qdrant Edge (one Ray actor)" if not stack.settings.qdrant_url else "qdrant server",
     }
     print(json.dumps(line), flush=True)
     return 0

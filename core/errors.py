@@ -6,6 +6,7 @@ The hierarchy::
     ├── ConfigurationError          a setting is missing or inconsistent
     ├── InvalidPathError            a document path breaks the path rules (also a ValueError)
     ├── ServiceUnavailableError     S3, PostgreSQL, Redis, Qdrant or Ray cannot be reached; ``service`` names it
+    ├── CollectionNotFoundError     the vector store has no such collection (nothing was ingested into it yet)
     └── IngestError                 one document could not be ingested; ``reason`` is a stable reason code
         ├── ExtractionError         its bytes could not be turned into text
         └── EmbeddingError          its chunks could not be embedded
@@ -50,6 +51,18 @@ class ServiceUnavailableError(SluiceError):
         super().__init__(f"{service} is unavailable: {detail}")
         self.service = service
         self.detail = detail
+
+
+class CollectionNotFoundError(SluiceError):
+    """The vector store has no collection of this name (nothing has been ingested into it yet).
+
+    Attributes:
+        collection: the collection's name.
+    """
+
+    def __init__(self, collection: str) -> None:
+        super().__init__(f"the vector store has no collection {collection!r}")
+        self.collection = collection
 
 
 class IngestError(SluiceError):

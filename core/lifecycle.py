@@ -104,6 +104,7 @@ def commit_versions(
     for doc, version, _ in committed:
         if version > 1:  # only then can older versions hold points
             apply_retention(settings, catalog, store, doc)
+    store.committed()  # durable in the segments; the vector indexes are built off the query path
     return committed
 
 
@@ -194,11 +195,6 @@ def delete_document(settings: Settings, document_id: str, *, catalog: Catalog | 
 
 
 def _version_filter(document_id: str, version: int):
-    from qdrant_client import models
+    from core.vectorstore import version_filter
 
-    return models.Filter(
-        must=[
-            models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)),
-            models.FieldCondition(key="version", match=models.MatchValue(value=int(version))),
-        ]
-    )
+    return version_filter(document_id, version)

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     s3_bucket: str = "sluice"
-    #: Empty: the embedded store (qdrant-client local mode inside one named Ray actor).
+    #: Empty: the embedded store (Qdrant Edge inside one named Ray actor).
     qdrant_url: str = ""
     qdrant_api_key: SecretStr | None = None
     qdrant_collection: str = "sluice"

@@ -33,7 +33,7 @@ from core.cache import Cache
 from core.catalog import Catalog
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
-from core.vectorstore import VectorStore
+from core.vectorstore import VectorStore, tenant_only
 from jobs.cli import EXIT_INFRASTRUCTURE, configure_logging, run_job
 
 logger = logging.getLogger("jobs.reconcile")
@@ -64,18 +64,9 @@ class Difference:
 
 def compare(settings: Settings, catalog: Catalog, store: VectorStore, *, tenant: str | None = None, prefix: str = "") -> tuple[list[Difference], dict[str, int]]:
     """The differences between the catalog and the index in scope, and counts of what was checked."""
-    from qdrant_client import models
-
     docs = {d.document_id: d for d in catalog.documents(tenant, prefix)}
     versions = catalog.all_versions(tenant, prefix)
-    flt = models.Filter(must=[models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant))]) if tenant else None
-    try:
-        census = store.version_census(flt)
-    except ServiceUnavailableError:
-        raise
-    except Exception as exc:  # no collection yet: no point at all
-        logger.info("no points to compare: %s", exc)
-        census = {}
+    census = store.version_census(tenant_only(tenant) if tenant else None)  # no collection yet: empty
     if prefix:
         census = {k: c for k, c in census.items() if k[0] in docs}
     keep: dict[str, set[int]] = {}
@@ -147,6 +138,7 @@ def repair(settings: Settings, catalog: Catalog, store: VectorStore, differences
 
         run_ingest(settings, tenant=tenant, prefix=prefix)
     if done:
+        store.committed()
         lifecycle.bump_generation(Cache(settings))
     return dict(done)
 

@@ -395,17 +395,14 @@ def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: li
 
 def _already_written(store: VectorStore, resumed: list[Claim]) -> dict[tuple[str, int], int]:
     """Resumed versions whose ``written_count`` points are all in the index: they need no embedding."""
-    from qdrant_client import models
+    from core.vectorstore import version_filter
 
     done = {}
     for claim in resumed:
         v = claim.version
         if not v.written_count:
             continue
-        census = store.version_census(
-            models.Filter(must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=v.document_id)),
-                                models.FieldCondition(key="version", match=models.MatchValue(value=v.version))])
-        ).get((v.document_id, v.version))
+        census = store.version_census(version_filter(v.document_id, v.version)).get((v.document_id, v.version))
         if census and census["points"] == v.written_count and census["max_chunk"] == v.written_count - 1:
             done[(v.document_id, v.version)] = v.written_count
     return done

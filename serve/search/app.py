@@ -39,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the ingress waits for one search (or one batch) before answering 503 ``timeout``.
 SEARCH_TIMEOUT_S = 30.0
-#: Searches of one batch request that run at once inside the searcher.
-BATCH_CONCURRENCY = 16
 #: Seconds a client is told to wait after a 503 (``Retry-After``).
 RETRY_AFTER_S = 1
 
@@ -92,14 +90,26 @@ class Searcher:
         return await self._search(tenant, SearchRequest.model_validate(body))
 
     async def search_many(self, tenant: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Several searches at once (at most :data:`BATCH_CONCURRENCY` running), answered in order."""
-        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
-
-        async def one(body: dict[str, Any]) -> dict[str, Any]:
-            async with gate:
-                return await self._search(tenant, SearchRequest.model_validate(body))
-
-        return list(await asyncio.gather(*(one(b) for b in bodies)))
+        """Several searches at once, answered in order: cached answers from Redis, the other queries embedded in one
+        model call and sent to the vector store in one batch query."""
+        started = time.perf_counter()
+        reqs = [SearchRequest.model_validate(b) for b in bodies]
+        try:
+            looked = await asyncio.to_thread(lambda: [self.engine.lookup(tenant, r) for r in reqs])
+            todo = [i for i, (_, hit) in enumerate(looked) if hit is None]
+            texts = [reqs[i].query for i in todo if self.engine.needs_dense(reqs[i])]
+            vectors = iter(await asyncio.to_thread(self.engine.embed_queries, texts) if texts else [])
+            dense = [next(vectors) if self.engine.needs_dense(reqs[i]) else None for i in todo]
+            answers = await asyncio.to_thread(self.engine.run_many, tenant, [reqs[i] for i in todo], dense=dense,
+                                              keys=[looked[i][0] for i in todo], started=started)
+        except ServiceUnavailableError as exc:
+            logger.error("search batch failed: %s", exc)
+            error = {"error": "service_unavailable", "detail": f"{exc.service} is unavailable", "status": 503}
+            return [error for _ in reqs]
+        out: list[dict[str, Any]] = [hit for _, hit in looked]
+        for i, answer in zip(todo, answers):
+            out[i] = answer
+        return out
 
 
 class _PrefixRoot:

@@ -6,7 +6,8 @@ A search runs in three steps, which the Serve deployment interleaves with its ow
 1. :meth:`SearchEngine.lookup`: the whole answer from the cache, keyed by the tenant, every parameter and the index
    generation (``core.cache``); a hit comes back with ``cached: true``.
 2. :meth:`SearchEngine.embed_queries`: the query embeddings, from the cache or the text model (batched).
-3. :meth:`SearchEngine.run`: the Qdrant Query API call (``serve.search.query``): one prefetch per leg, each with the
+3. :meth:`SearchEngine.run` (:meth:`SearchEngine.run_many` for a batch: one store call): the Query API request
+   (``serve.search.query``): one prefetch per leg, each with the
    tenant filter, fused by RRF or DBSF; the fused list is checked against the tenant once more (a foreign point is
    dropped and logged at ERROR), and the answer is cached under the generation read in step 1.
 """
@@ -26,7 +27,7 @@ from core.cache import Cache
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from core.vectorstore import VectorStore
-from serve.search.query import DEFAULT_FUSION, IMAGE_VECTOR, SearchRequest, build_query
+from serve.search.query import DEFAULT_FUSION, IMAGE_VECTOR, SearchRequest, build_query, page
 
 logger = logging.getLogger(__name__)
 
@@ -212,16 +213,28 @@ class SearchEngine:
     def _vector_names(self) -> set[str]:
         now = time.monotonic()
         if self._vectors is None or now - self._vectors[0] > COLLECTION_INFO_TTL_S:
-            try:
-                params = self.store.client.get_collection(self.store.collection).config.params
-                names = set((params.vectors or {}).keys()) if isinstance(params.vectors, dict) else set()
-            except Exception as exc:  # no collection yet: nothing has been ingested
-                logger.info("collection %s not readable: %s", self.store.collection, exc)
-                names = set()
-            self._vectors = (now, names)
+            self._vectors = (now, self.store.vector_names())
         return self._vectors[1]
 
     # --- step 3: the query -------------------------------------------------------------------------------------
+
+    def request(self, tenant: str, req: SearchRequest, dense: np.ndarray | Sequence[float] | None) -> models.QueryRequest | None:
+        """The Query API request of a search (``None``: no leg left, the answer is empty).
+
+        Raises:
+            ValueError: ``dense`` is missing for a mode that needs it.
+        """
+        if self.needs_dense(req) and dense is None:
+            raise ValueError(f"mode={req.mode!r} needs the query's dense embedding")
+        sparse = self.bm25.encode_query(req.query) if req.mode in ("sparse", "hybrid") else None
+        return build_query(
+            tenant,
+            req,
+            dense=np.asarray(dense, dtype=np.float32).tolist() if self.needs_dense(req) else None,
+            sparse=sparse,
+            image=self.image_query(req) if req.mode == "hybrid" else None,
+            rrf_k=self.settings.rrf_k,
+        )
 
     def run(
         self,
@@ -247,29 +260,36 @@ class SearchEngine:
             ServiceUnavailableError: the vector store cannot be reached.
             ValueError: ``dense`` is missing for a mode that needs it.
         """
+        return self.run_many(tenant, [req], dense=[dense], keys=[key], started=started)[0]
+
+    def run_many(
+        self,
+        tenant: str,
+        reqs: Sequence[SearchRequest],
+        *,
+        dense: Sequence[np.ndarray | Sequence[float] | None],
+        keys: Sequence[str | None],
+        started: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`run` for several requests of one tenant, in one vector-store call (the store's batch query)."""
         started = time.perf_counter() if started is None else started
-        if self.needs_dense(req) and dense is None:
-            raise ValueError(f"mode={req.mode!r} needs the query's dense embedding")
-        sparse = self.bm25.encode_query(req.query) if req.mode in ("sparse", "hybrid") else None
-        kwargs = build_query(
-            tenant,
-            req,
-            dense=np.asarray(dense, dtype=np.float32).tolist() if self.needs_dense(req) else None,
-            sparse=sparse,
-            image=self.image_query(req) if req.mode == "hybrid" else None,
-            rrf_k=self.settings.rrf_k,
-        )
-        points = self._query(kwargs) if kwargs is not None else []
-        results = []
-        for point in points:
-            if (point.payload or {}).get("tenant") != tenant:
-                logger.error("dropped point %s of another tenant from a search by tenant %r", point.id, tenant)
-                continue
-            results.append(to_result(point))
-        self._link_previews(tenant, results)
-        if key is not None:
-            self.cache.set_json(key, results)
-        return {"results": results, "took_ms": _ms(started), "cached": False}
+        requests = [self.request(tenant, req, d) for req, d in zip(reqs, dense)]
+        wanted = [r for r in requests if r is not None]
+        answers = iter(self.store.query_batch(wanted) if wanted else [])
+        out = []
+        for req, request, key in zip(reqs, requests, keys):
+            points = page(req, next(answers)) if request is not None else []
+            results = []
+            for point in points:
+                if (point.payload or {}).get("tenant") != tenant:
+                    logger.error("dropped point %s of another tenant from a search by tenant %r", point.id, tenant)
+                    continue
+                results.append(to_result(point))
+            self._link_previews(tenant, results)
+            if key is not None:
+                self.cache.set_json(key, results)
+            out.append({"results": results, "took_ms": _ms(started), "cached": False})
+        return out
 
     def _link_previews(self, tenant: str, results: list[dict[str, Any]]) -> None:
         """Give every link of ``results`` a ``preview`` (the first ``PREVIEW_CHARS`` characters of the linked chunk's
@@ -282,10 +302,9 @@ class SearchEngine:
         if not wanted:
             return
         try:
-            records = self.store.client.retrieve(self.store.collection, ids=sorted(wanted),
-                                                 with_payload=["text", "tenant"], with_vectors=False)
-        except Exception as exc:  # noqa: BLE001 - previews are a convenience; the answer stands without them
-            logger.warning("link previews left out: %s: %s", type(exc).__name__, exc)
+            records = self.store.retrieve(sorted(wanted), with_payload=["text", "tenant"])
+        except ServiceUnavailableError as exc:  # previews are a convenience; the answer stands without them
+            logger.warning("link previews left out: %s", exc)
             return
         texts = {str(r.id): " ".join(str((r.payload or {}).get("text", "")).split()) for r in records
                  if (r.payload or {}).get("tenant") == tenant}
@@ -294,24 +313,6 @@ class SearchEngine:
                 text = texts.get(link.get("id"))
                 if "preview" not in link and text:
                     link["preview"] = text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1].rstrip() + "\u2026"
-
-    def _query(self, kwargs: dict[str, Any]) -> list[models.ScoredPoint]:
-        try:
-            return self.store.query(**kwargs)
-        except ServiceUnavailableError:
-            raise
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            raise ServiceUnavailableError("qdrant", f"{type(exc).__name__}: {exc}") from exc
-        except ValueError as exc:
-            if "not found" in str(exc).lower():  # local mode: no collection yet (nothing ingested)
-                logger.info("empty answer: %s", exc)
-                return []
-            raise
-        except Exception as exc:
-            if "not found" in str(exc).lower() or "doesn't exist" in str(exc).lower():  # server: no collection yet
-                logger.info("empty answer: %s", exc)
-                return []
-            raise
 
     # --- all three ---------------------------------------------------------------------------------------------
 

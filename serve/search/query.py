@@ -1,7 +1,11 @@
 """The search request and the Qdrant Query API call it becomes: filters, one prefetch per leg, fusion.
 
-Pure functions, no I/O: :func:`build_filter` turns a request into the Qdrant filter every leg carries (the caller's
-tenant first), :func:`build_query` into the keyword arguments of ``QdrantClient.query_points``.
+Pure functions, no I/O: :func:`build_filter` turns a request into the filter every leg carries (the caller's
+tenant first; the conditions come from ``core.vectorstore.schema``), :func:`build_query` into one Query API request
+(``qdrant_client.models.QueryRequest``, the data model both vector-store backends take).
+
+BM25's IDF is the tenant's own: the sparse leg scopes the IDF statistics to the caller's tenant
+(``SearchParams(idf=IdfCorpusParams(corpus=tenant))``), so one tenant's documents never change another's scores.
 
 Fusion (Qdrant documentation, "Hybrid and Multi-Stage Queries"): each leg is a ``Prefetch`` with its own filter and
 limit, and the outer query fuses them server-side: ``RrfQuery(rrf=Rrf(k=...))`` (Reciprocal Rank Fusion, Cormack,
@@ -9,23 +13,25 @@ Clarke and Büttcher, SIGIR 2009: ``score(d) = sum over legs of 1 / (k + rank(d)
 or ``FusionQuery(fusion=Fusion.DBSF)`` (Distribution-Based Score Fusion: each leg's scores are normalised by their
 mean ± 3 standard deviations, then summed). One leg alone is queried directly, without fusion.
 
-Pagination: the outer query takes ``limit=top_k`` and ``offset``; each prefetch returns
-``max(MIN_PREFETCH, top_k + offset)`` candidates, so every page is a slice of one fused ranking as long as
-``top_k + offset <= MIN_PREFETCH``. Deeper pages fuse deeper candidate lists, and fusion may then reorder results
+Pagination: the store returns the first ``max(MIN_PREFETCH, top_k + offset)`` of the ranking (each prefetch as
+many candidates), and :func:`page` cuts the page out of it after ordering ties by point id, so every page is a slice
+of one deterministic ranking as long as ``top_k + offset <= MIN_PREFETCH`` (an engine orders equal scores as its
+segments come, which differs between calls of different limits). Deeper pages fuse deeper candidate lists, and fusion may then reorder results
 near the page boundary (a fused score depends on how deep each leg was read).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 from qdrant_client import models
 
 #: IMAGE_VECTOR: the dense vector of image points (CLIP), queried with a CLIP text embedding when ``modalities``
 #: has ``image``.
-from core.vectorstore import IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, tenant_filter
+from core.vectorstore import IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, tenant_filter, tenant_only
+from core.vectorstore.schema import search_conditions
 #: Candidates each leg hands to fusion, at least: enough for ``top_k=100`` and for fusion to matter.
 MIN_PREFETCH = 100
 #: The most queries of one ``POST /v1/search/batch``.
@@ -123,31 +129,12 @@ class BatchRequest(BaseModel):
 
 def filter_conditions(req: SearchRequest) -> list[models.Condition]:
     """The request's own conditions (everything but the tenant and ``is_latest``)."""
-    extra: list[models.Condition] = []
-    f = req.filters
-    if f and f.path_prefix:
-        folder = f.path_prefix.strip("/")
-        extra.append(
-            models.Filter(
-                should=[
-                    models.FieldCondition(key="dirs", match=models.MatchValue(value=folder)),
-                    models.FieldCondition(key="path", match=models.MatchValue(value=folder)),
-                ]
-            )
-        )
-    if f and f.content_types:
-        extra.append(models.FieldCondition(key="content_type", match=models.MatchAny(any=list(f.content_types))))
-    if f and f.document_ids:
-        extra.append(models.FieldCondition(key="document_id", match=models.MatchAny(any=list(f.document_ids))))
-    if f and (f.created_after or f.created_before):
-        extra.append(
-            models.FieldCondition(key="created_at", range=models.DatetimeRange(gte=f.created_after, lt=f.created_before))
-        )
-    if req.modalities:
-        extra.append(models.FieldCondition(key="modality", match=models.MatchAny(any=sorted(set(req.modalities)))))
-    if isinstance(req.version, int):
-        extra.append(models.FieldCondition(key="version", match=models.MatchValue(value=req.version)))
-    return extra
+    f = req.filters or SearchFilters()
+    return search_conditions(
+        path_prefix=f.path_prefix, content_types=f.content_types, document_ids=f.document_ids,
+        created_after=f.created_after, created_before=f.created_before, modalities=req.modalities,
+        version_number=req.version if isinstance(req.version, int) else None,
+    )
 
 
 def build_filter(tenant: str, req: SearchRequest) -> models.Filter:
@@ -168,11 +155,11 @@ def build_query(
     sparse: tuple[list[int], list[float]] | None,
     image: list[float] | None = None,
     rrf_k: int = 60,
-) -> dict[str, Any] | None:
-    """The keyword arguments of ``QdrantClient.query_points`` for a request (without the collection name).
+) -> models.QueryRequest | None:
+    """The Query API request of a search.
 
     Args:
-        tenant: the caller's tenant; its condition goes on every leg.
+        tenant: the caller's tenant; its condition goes on every leg, and scopes the BM25 IDF statistics.
         req: the request (mode, fusion, filters, paging).
         dense: the query's text embedding for the ``text`` leg, or ``None`` to leave the leg out.
         sparse: the query's BM25 ``(indices, values)`` for the ``bm25`` leg; ``None`` or empty indices leave it out.
@@ -180,28 +167,35 @@ def build_query(
         rrf_k: the RRF constant when the request names none.
 
     Returns:
-        ``None`` when no leg is left (a sparse query made only of stop words); else ``query``, ``using``,
-        ``query_filter`` (one leg) or ``prefetch`` (several legs, each with the filter), ``limit``, ``offset`` and
-        ``with_payload``.
+        ``None`` when no leg is left (a sparse query made only of stop words); else one leg queried directly with
+        the filter, or several legs (``prefetch``, each with the filter) fused by RRF or DBSF; ``limit`` is the
+        ranking's depth (:func:`page` cuts the request's page from it) and ``with_payload`` is set.
     """
     flt = build_filter(tenant, req)
     depth = prefetch_limit(req)
+    idf = models.SearchParams(idf=models.IdfCorpusParams(corpus=tenant_only(tenant)))
     legs: list[models.Prefetch] = []
     if dense is not None:
         legs.append(models.Prefetch(query=dense, using=TEXT_VECTOR, filter=flt, limit=depth))
     if sparse is not None and sparse[0]:
         vector = models.SparseVector(indices=list(sparse[0]), values=list(sparse[1]))
-        legs.append(models.Prefetch(query=vector, using=SPARSE_VECTOR, filter=flt, limit=depth))
+        legs.append(models.Prefetch(query=vector, using=SPARSE_VECTOR, filter=flt, limit=depth, params=idf))
     if image is not None:
         legs.append(models.Prefetch(query=image, using=IMAGE_VECTOR, filter=flt, limit=depth))
     if not legs:
         return None
-    page = {"limit": req.top_k, "offset": req.offset, "with_payload": True}
+    page = {"limit": depth, "with_payload": True}
     if len(legs) == 1:
         leg = legs[0]
-        return {"query": leg.query, "using": leg.using, "query_filter": flt, **page}
+        return models.QueryRequest(query=leg.query, using=leg.using, filter=flt, params=leg.params, **page)
     if (req.fusion or DEFAULT_FUSION) == "rrf":
         fusion: models.Query = models.RrfQuery(rrf=models.Rrf(k=req.rrf_k or rrf_k))
     else:
         fusion = models.FusionQuery(fusion=models.Fusion.DBSF)
-    return {"prefetch": legs, "query": fusion, **page}
+    return models.QueryRequest(prefetch=legs, query=fusion, **page)
+
+
+def page(req: SearchRequest, points: list) -> list:
+    """The request's page of a ranking: ties ordered by point id, then ``offset`` skipped and ``top_k`` kept."""
+    ranked = sorted(points, key=lambda p: (-float(p.score), str(p.id)))
+    return ranked[req.offset : req.offset + req.top_k]

@@ -35,7 +35,7 @@ def test_check_reports_then_repair_cleans(ray_local, make_settings, tmp_path):
     assert json.loads(clean.stdout.strip().splitlines()[-1])["clean"] is True
 
     store = VectorStore(settings)
-    store.client.set_payload(store.collection, {"is_latest": False}, points=models.Filter(must=[]))  # flags lost
+    store.set_payload(models.Filter(must=[]), {"is_latest": False})  # flags lost
     dirty = _reconcile(settings, ray_local["gcs_address"], "--tenant", "rec", "--check")
     assert dirty.returncode == 1
     assert json.loads(dirty.stdout.strip().splitlines()[-1])["differences"] == {"wrong_flags": 1}

@@ -255,7 +255,7 @@ def test_a_run_that_died_after_writing_is_finished_without_embedding(settings, c
         conn.execute("UPDATE document_versions SET status = 'indexing', written_count = chunk_count WHERE document_id = %s AND version = 2", (doc,))
         conn.execute("UPDATE document_versions SET status = 'indexed' WHERE document_id = %s AND version = 1", (doc,))
         conn.execute("UPDATE documents SET latest_version = 1 WHERE document_id = %s", (doc,))
-    store.client.set_payload(store.collection, {"is_latest": True}, points=_doc_filter(doc))
+    store.set_payload(_doc_filter(doc), {"is_latest": True})
     assert not reconcile(settings, tenant=tenant, check=True)["clean"]
 
     resumed = run_ingest(settings, tenant=tenant)

@@ -1,7 +1,7 @@
 """The search engine without Serve: legs and fusion, filters and tenants on every mode, pagination, the cache.
 
 The points are written as the ingest sink writes them (payload, ``text`` and ``bm25`` vectors) into an in-memory
-Qdrant (``QdrantClient(":memory:")`` through the ``VectorStore`` seam); queries are embedded by the real text model.
+Qdrant (the embedded Qdrant Edge backend, in-process through the ``VectorStore`` seam); queries are embedded by the real text model.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import logging
 import uuid
 
 import pytest
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
 
 from core.cache import Cache
 from core.ids import point_id
 from core.vectorstore import SPARSE_VECTOR, TEXT_VECTOR, VectorStore
+from core.vectorstore.edge import EdgeBackend
 from pipelines.embed.dense import TextEncoder
 from pipelines.sink import parent_dirs
 from pipelines.sparse import Bm25Encoder
@@ -77,9 +78,9 @@ def _points(encoder: TextEncoder, docs) -> list[models.PointStruct]:
 
 
 @pytest.fixture(scope="module")
-def store(make_settings, text_encoder) -> VectorStore:
+def store(make_settings, text_encoder, tmp_path_factory) -> VectorStore:
     settings = make_settings()
-    store = VectorStore(settings, client=QdrantClient(":memory:"))
+    store = VectorStore(settings, backend=EdgeBackend(tmp_path_factory.mktemp("edge")))
     store.ensure_collection(384)
     store.upsert(_points(text_encoder, DOCS))
     return store
@@ -169,13 +170,14 @@ def test_the_fused_list_is_checked_against_the_tenant(store, text_encoder, caplo
     """A point of another tenant that reached the fused list (a store bug) is dropped and logged."""
 
     class LeakyStore(VectorStore):
-        def query(self, **kwargs):
-            points = super().query(**kwargs)
-            foreign = store.client.scroll(store.collection, scroll_filter=models.Filter(must=[
-                models.FieldCondition(key="tenant", match=models.MatchValue(value="globex"))]), with_payload=True)[0][0]
-            return [models.ScoredPoint(id=foreign.id, version=0, score=99.0, payload=foreign.payload), *points]
+        def query_batch(self, requests):
+            answers = super().query_batch(requests)
+            foreign = next(iter(store.scroll(models.Filter(must=[
+                models.FieldCondition(key="tenant", match=models.MatchValue(value="globex"))]))))
+            return [[models.ScoredPoint(id=foreign.id, version=0, score=99.0, payload=foreign.payload), *points]
+                    for points in answers]
 
-    leaky = LeakyStore(store.settings, client=store.client)
+    leaky = LeakyStore(store.settings, backend=store.backend)
     engine = SearchEngine(store.settings, encoder=text_encoder, store=leaky)
     with caplog.at_level(logging.ERROR, logger="serve.search.engine"):
         results = engine.search("acme", SearchRequest(query="gasket", top_k=5))["results"]
@@ -185,19 +187,21 @@ def test_the_fused_list_is_checked_against_the_tenant(store, text_encoder, caplo
 
 def test_every_leg_carries_the_tenant_condition():
     req = SearchRequest(query="q", mode="hybrid", fusion="rrf", top_k=7, offset=200, filters={"path_prefix": "a"})
-    kwargs = build_query("acme", req, dense=[0.1, 0.2], sparse=([1, 2], [1.0, 1.0]), image=[0.3], rrf_k=5)
-    assert len(kwargs["prefetch"]) == 3
+    request = build_query("acme", req, dense=[0.1, 0.2], sparse=([1, 2], [1.0, 1.0]), image=[0.3], rrf_k=5)
+    assert len(request.prefetch) == 3
     tenant = models.FieldCondition(key="tenant", match=models.MatchValue(value="acme"))
-    for leg in kwargs["prefetch"]:
+    for leg in request.prefetch:
         assert tenant in leg.filter.must
         assert leg.limit >= req.top_k + req.offset
-    assert kwargs["query"] == models.RrfQuery(rrf=models.Rrf(k=5))
-    assert (kwargs["limit"], kwargs["offset"]) == (7, 200)
-    assert build_query("acme", req.model_copy(update={"rrf_k": 2}), dense=[0.1], sparse=None)["using"] == "text"
+    sparse_leg = next(leg for leg in request.prefetch if leg.using == "bm25")
+    assert sparse_leg.params.idf.corpus.must == [tenant]  # BM25's IDF is the tenant's own
+    assert request.query == models.RrfQuery(rrf=models.Rrf(k=5))
+    assert request.limit == 207 and not request.offset  # the ranking's depth; the engine cuts the page
+    assert build_query("acme", req.model_copy(update={"rrf_k": 2}), dense=[0.1], sparse=None).using == "text"
     dbsf = build_query("acme", req.model_copy(update={"fusion": "dbsf"}), dense=[0.1], sparse=([1], [1.0]))
-    assert dbsf["query"] == models.FusionQuery(fusion=models.Fusion.DBSF)
+    assert dbsf.query == models.FusionQuery(fusion=models.Fusion.DBSF)
     assert build_query("acme", req.model_copy(update={"mode": "sparse"}), dense=None, sparse=([], [])) is None
-    default = build_query("acme", req.model_copy(update={"fusion": None}), dense=[0.1], sparse=([1], [1.0]), rrf_k=5)["query"]
+    default = build_query("acme", req.model_copy(update={"fusion": None}), dense=[0.1], sparse=([1], [1.0]), rrf_k=5).query
     assert default == (models.FusionQuery(fusion=models.Fusion.DBSF) if DEFAULT_FUSION == "dbsf" else models.RrfQuery(rrf=models.Rrf(k=5)))
 
 
