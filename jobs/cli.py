@@ -60,3 +60,12 @@ def run_job(
     print(f"{name} failed: {service} is unreachable: {detail}", file=sys.stderr)
     print(json.dumps({"error": "service_unavailable", "service": service, "detail": detail}), flush=True)
     return None
+
+
+def finish(result: object | None) -> int:
+    """The end of a job's ``main``: its result as the last JSON line and exit 0, or (``None``, the job failed as
+    :func:`run_job` says) :data:`EXIT_INFRASTRUCTURE`."""
+    if result is None:
+        return EXIT_INFRASTRUCTURE
+    print(json.dumps(result), flush=True)
+    return 0

@@ -22,7 +22,6 @@ or 2 when S3 or PostgreSQL could not be reached.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -30,7 +29,7 @@ import time
 import psycopg
 
 from core.settings import Settings
-from jobs.cli import EXIT_INFRASTRUCTURE, configure_logging, run_job
+from jobs.cli import configure_logging, finish, run_job
 
 logger = logging.getLogger("jobs.janitor")
 
@@ -68,10 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     summary = run_job("janitor", lambda: run_janitor(Settings(), limit=args.limit),
                       unavailable={psycopg.OperationalError: "postgres"})
-    if summary is None:
-        return EXIT_INFRASTRUCTURE
-    print(json.dumps(summary), flush=True)
-    return 0
+    return finish(summary)
 
 
 if __name__ == "__main__":

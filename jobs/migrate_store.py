@@ -14,7 +14,6 @@ Exit status 0, or 2 when the store could not be reached or the counts do not mat
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -24,7 +23,7 @@ from core.errors import ConfigurationError
 from core.settings import Settings
 from core.vectorstore.legacy import MIGRATED, legacy_collections
 from core.vectorstore.schema import CollectionSpec
-from jobs.cli import EXIT_INFRASTRUCTURE, configure_logging, run_job
+from jobs.cli import configure_logging, finish, run_job
 
 logger = logging.getLogger("jobs.migrate_store")
 PAGE = 512
@@ -106,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         copied = migrate(path, target)
         return {"path": str(path), "collections": copied, "moved_to": str(move_aside(path))}
 
-    result = run_job("migrate_store", job)
-    if result is None:
-        return EXIT_INFRASTRUCTURE
-    print(json.dumps(result), flush=True)
-    return 0
+    return finish(run_job("migrate_store", job))
 
 
 if __name__ == "__main__":
