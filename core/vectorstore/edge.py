@@ -52,7 +52,7 @@ _SCHEMA = {
 def _failure(what: str, folder: Path, exc: Exception) -> Exception:
     """The engine's error as Sluice's, with what to do (the engine has one exception type; its text says why)."""
     text = str(exc)
-    if "WouldBlock" in text or "lock" in text.lower():
+    if "WouldBlock" in text:  # the WAL is locked by the process that has the folder open
         return ConfigurationError(
             f"the embedded vector store folder {folder} is open in another process ({what}): stop that process "
             "(`make down`, or the other Ray cluster using the same SLUICE_QDRANT_PATH), or point SLUICE_QDRANT_PATH "

@@ -92,12 +92,6 @@ class VectorStore:
             self._backend = make_backend(self.settings)
         return self._backend
 
-    def with_collection(self, collection: str) -> "VectorStore":
-        """The same store, on another collection (``jobs.reindex``, ``jobs.migrate_store``)."""
-        other = VectorStore(self.settings.model_copy(update={"qdrant_collection": collection}))
-        other._backend, other._injected = self._backend, self._injected
-        return other
-
     # --- the collection ---------------------------------------------------------------------------------------
 
     def info(self) -> CollectionInfo | None:
