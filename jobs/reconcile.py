@@ -31,7 +31,6 @@ from typing import Any
 from core import lifecycle
 from core.cache import Cache
 from core.catalog import Catalog
-from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from core.vectorstore import VectorStore, tenant_only
 from jobs.cli import EXIT_INFRASTRUCTURE, configure_logging, run_job
