@@ -1,6 +1,6 @@
 """Serve application ``documents`` (FastAPI ingress, route prefix ``/v1``).
 
-Routes (ARCHITECTURE.md, "Interfaces"; paths relative to the prefix):
+Routes (docs/ARCHITECTURE.md, "Interfaces"; paths relative to the prefix):
 
 * ``GET /documents/{id}``: ``{"document_id", "path", "latest_version", "status", "error"?, "deleted", ...}``.
 * ``GET /documents/{id}/versions``: the list of versions, oldest first, each with ``is_latest`` and ``restorable``.

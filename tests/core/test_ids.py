@@ -1,4 +1,4 @@
-"""The path rules and deterministic ids of ARCHITECTURE.md."""
+"""The path rules and deterministic ids of docs/ARCHITECTURE.md."""
 
 import unicodedata
 
