@@ -81,6 +81,7 @@ class EdgeBackend:
         self._optimizing: dict[str, threading.Thread] = {}
         self.last_optimize_s: dict[str, float] = {}
         self._writes = 0
+        self._specs: dict[str, tuple[dict[str, int], tuple[str, ...]]] = {}
 
     # --- collections ------------------------------------------------------------------------------------------
 
@@ -122,11 +123,13 @@ class EdgeBackend:
                               segments=int(info.segments_count), indexed_vectors=int(info.indexed_vectors_count))
 
     def _vectors(self, collection: str) -> tuple[dict[str, int], tuple[str, ...]]:
+        """The collection's vectors, read once from ``sluice_spec.json`` (fixed when the collection is made)."""
         import json
 
-        path = self._folder(collection) / "sluice_spec.json"
-        spec = json.loads(path.read_text())
-        return {k: int(v) for k, v in spec["dense"].items()}, tuple(spec["sparse"])
+        if collection not in self._specs:
+            spec = json.loads((self._folder(collection) / "sluice_spec.json").read_text())
+            self._specs[collection] = ({k: int(v) for k, v in spec["dense"].items()}, tuple(spec["sparse"]))
+        return self._specs[collection]
 
     def create(self, collection: str, spec: CollectionSpec) -> None:
         import json
@@ -161,6 +164,7 @@ class EdgeBackend:
 
     def drop(self, collection: str) -> None:
         with self._open_lock, self._write_lock:
+            self._specs.pop(collection, None)
             shard = self._shards.pop(collection, None)
             if shard is not None:
                 shard.close()
