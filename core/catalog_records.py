@@ -14,7 +14,7 @@ from core.types import Version
 
 _VERSION_COLUMNS = """
     v.document_id::text AS document_id, v.version, d.tenant, d.path, v.object_key, v.sha256, v.size,
-    v.content_type, v.status, v.etag, v.chunk_count, v.error, v.created_at, v.written_count
+    v.content_type, v.status, v.etag, v.chunk_count, v.error, v.created_at, v.written_count, v.metadata, v.properties
 """
 _DOCUMENT_COLUMNS = "document_id::text AS document_id, tenant, path, latest_version, deleted, head_version"
 

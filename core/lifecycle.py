@@ -11,6 +11,8 @@ repairs, and so that search never shows two versions of a document, nor none whi
   the next run re-asserts the catalog's flags and finishes it without embedding again.
 * **restore**: the catalog first checks that the version's points are retained, the flags switch, the catalog
   records it, the generation advances.
+* **metadata** (:func:`replace_metadata`): the catalog records it for the shown and head versions, their points'
+  payload follows, the generation advances.
 * **delete**: the catalog marks the document deleted first (so no run indexes it again), then its points leave
   the index (one filter: every version, every named vector), the generation advances, and with
   ``settings.delete_objects`` its objects leave S3. Repeating a delete finishes one that was interrupted.
@@ -192,6 +194,29 @@ def delete_document(settings: Settings, document_id: str, *, catalog: Catalog | 
             objects.remove(key)
     logger.info("deleted document %s (%s/%s)", document_id, before.tenant, before.path)
     return before
+
+
+def replace_metadata(settings: Settings, document_id: str, metadata: dict, *, catalog: Catalog | None = None,
+                     store: VectorStore | None = None, cache: Cache | None = None) -> list[int]:
+    """Replace a document's user metadata without re-embedding: catalog, then the points, then the cache.
+
+    The shown and the head version get ``metadata`` (checked by the caller, ``core.metadata.validate_metadata``);
+    a run indexing the head version meanwhile catches up when it commits (``pipelines.ingest``).
+
+    Returns:
+        The versions changed.
+
+    Raises:
+        CatalogConflict: ``not_found`` or ``deleted``.
+        ServiceUnavailableError: a service is unreachable (repeat the call: it is idempotent).
+    """
+    catalog = catalog or Catalog(settings)
+    store = store or VectorStore(settings)
+    versions = catalog.set_metadata(document_id, metadata)
+    store.set_metadata(document_id, versions, metadata)
+    bump_generation(cache or Cache(settings))
+    logger.info("replaced the metadata of %s versions %s", document_id, versions)
+    return versions
 
 
 def _version_filter(document_id: str, version: int):

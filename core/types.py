@@ -53,6 +53,8 @@ class Version:
         error: ``"reason: detail"`` of the last failure. created_at: when it was registered.
         written_count: points written for the version before it was committed (``None`` otherwise), so a run that
             died after writing them all is finished without embedding again.
+        metadata: the user's fields of this version (``core.metadata``); ``{}`` when none.
+        properties: what the file says of itself, recorded when the version is indexed; ``{}`` before.
     """
 
     document_id: str
@@ -69,6 +71,8 @@ class Version:
     error: str | None = None
     created_at: datetime | None = None
     written_count: int | None = None
+    metadata: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    properties: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ dead letter, is in :mod:`core.dead_letters`). :class:`VersionLifecycle` is mixed
 from __future__ import annotations
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from core.catalog_records import _DOCUMENT_COLUMNS, _VERSION_COLUMNS, CatalogConflict, Claim, Registration, _version
 from core.ids import document_id as make_document_id
@@ -21,7 +22,8 @@ class VersionLifecycle:
     """
 
     def register_version(
-        self, tenant: str, path: str, *, object_key: str, sha256: str, size: int, content_type: str = "", etag: str = ""
+        self, tenant: str, path: str, *, object_key: str, sha256: str, size: int, content_type: str = "", etag: str = "",
+        metadata: dict | None = None, metadata_source: str = "upload",
     ) -> Registration:
         """Record new content of a path as a new ``pending`` head version, unless it equals the head version.
 
@@ -34,6 +36,10 @@ class VersionLifecycle:
             tenant, path: the document (the path is normalised: NFC and NFD spellings are one document).
             object_key: where the bytes are. sha256: hex digest of the bytes. size: bytes.
             content_type: MIME type, ``""`` if unknown. etag: the object's S3 ETag.
+            metadata: the new version's user metadata, already checked (``core.metadata.validate_metadata``);
+                ``None``: the head version's (of a live document), else none. Bytes equal to the head's keep the
+                head's metadata (``set_metadata`` changes it). metadata_source: ``upload`` or ``scan``, for the
+                history (``metadata_changes``).
 
         Raises:
             InvalidPathError: a bad path.
@@ -69,11 +75,23 @@ class VersionLifecycle:
                 "SELECT coalesce(max(version), 0) AS n FROM document_versions WHERE document_id = %s", (doc_id,)
             ).fetchone()["n"]
             new = top + 1
+            fields, source = metadata, metadata_source
+            if fields is None:
+                inherited = conn.execute(
+                    "SELECT metadata FROM document_versions WHERE document_id = %s AND version = %s",
+                    (doc_id, head),
+                ).fetchone() if head and not doc["deleted"] else None
+                fields, source = (dict(inherited["metadata"]), "inherited") if inherited else ({}, metadata_source)
             conn.execute(
-                "INSERT INTO document_versions (document_id, version, object_key, sha256, size, content_type, etag) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (doc_id, new, object_key, sha256, size, content_type, etag),
+                "INSERT INTO document_versions (document_id, version, object_key, sha256, size, content_type, etag, "
+                "metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (doc_id, new, object_key, sha256, size, content_type, etag, Jsonb(fields)),
             )
+            if fields:
+                conn.execute(
+                    "INSERT INTO metadata_changes (document_id, version, metadata, source) VALUES (%s, %s, %s, %s)",
+                    (doc_id, new, Jsonb(fields), source),
+                )
             # Older versions nobody indexed yet are never indexed now: only the newest content is.
             conn.execute(
                 "UPDATE document_versions SET status = 'superseded', written_count = NULL, updated_at = now() "
@@ -87,7 +105,7 @@ class VersionLifecycle:
             )
             return Registration(
                 Version(document_id=doc_id, version=new, tenant=tenant, path=path, object_key=object_key,
-                        sha256=sha256, size=size, content_type=content_type, etag=etag),
+                        sha256=sha256, size=size, content_type=content_type, etag=etag, metadata=dict(fields)),
                 created=True,
             )
 
@@ -287,6 +305,76 @@ class VersionLifecycle:
             return Document(**doc)
 
         return self._run(delete)
+
+    def set_metadata(self, document_id: str, metadata: dict) -> list[int]:
+        """Replace the user metadata of a live document's shown and head versions (checked by the caller).
+
+        The versions a search can show now or next get the new fields; older versions keep theirs (their history).
+        Each change is recorded in ``metadata_changes``.
+
+        Returns:
+            The versions changed (the caller updates their points' payload).
+
+        Raises:
+            CatalogConflict: ``not_found`` (no such document, or no version yet) or ``deleted``.
+        """
+
+        def update(conn: psycopg.Connection) -> list[int]:
+            doc = conn.execute("SELECT latest_version, head_version, deleted FROM documents WHERE document_id = %s "
+                               "FOR UPDATE", (document_id,)).fetchone()
+            if doc is None or not doc["head_version"]:
+                raise CatalogConflict("not_found", f"no document {document_id}")
+            if doc["deleted"]:
+                raise CatalogConflict("deleted", f"document {document_id} was deleted")
+            versions = sorted({v for v in (doc["latest_version"], doc["head_version"]) if v})
+            conn.execute("UPDATE document_versions SET metadata = %s, updated_at = now() "
+                         "WHERE document_id = %s AND version = ANY(%s)", (Jsonb(metadata), document_id, versions))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO metadata_changes (document_id, version, metadata, source) VALUES (%s, %s, %s, 'patch')",
+                    [(document_id, v, Jsonb(metadata)) for v in versions],
+                )
+            return versions
+
+        return self._run(update)
+
+    def version_metadata(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], dict]:
+        """The current user metadata of each ``(document_id, version)`` (those that exist)."""
+        if not keys:
+            return {}
+        rows = self._run(
+            lambda conn: conn.execute(
+                "SELECT v.document_id::text AS document_id, v.version, v.metadata FROM document_versions v "
+                "JOIN unnest(%s::uuid[], %s::int[]) AS k(document_id, version) USING (document_id, version)",
+                ([d for d, _ in keys], [v for _, v in keys]),
+            ).fetchall()
+        )
+        return {(r["document_id"], int(r["version"])): dict(r["metadata"]) for r in rows}
+
+    def metadata_history(self, document_id: str) -> list[dict]:
+        """Every metadata each version of a document was given, oldest first: ``version``, ``metadata``,
+        ``source`` (``upload``, ``scan``, ``inherited``, ``patch``) and ``changed_at``."""
+        rows = self._run(
+            lambda conn: conn.execute(
+                "SELECT version, metadata, source, changed_at FROM metadata_changes WHERE document_id = %s ORDER BY id",
+                (document_id,),
+            ).fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    def record_properties(self, items: list[tuple[str, int, dict]]) -> None:
+        """Record what each ``(document_id, version, properties)``'s file says of itself (at indexing)."""
+        if not items:
+            return
+
+        def record(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE document_versions SET properties = %s WHERE document_id = %s AND version = %s",
+                    [(Jsonb(props), doc, version) for doc, version, props in items],
+                )
+
+        self._run(record)
 
     def reset_to_pending(self, document_id: str, version: int) -> bool:
         """Set a live document's head version back to ``pending`` so the next ingest re-indexes it (reconcile)."""

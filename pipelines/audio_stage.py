@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from core.errors import IngestError
+from core.metadata import decode, encode
 from core.settings import Settings
 from pipelines import columns as C
+from pipelines.extract.language import language_of
 from pipelines.image_stage import _item
 from pipelines.prepare import RowWriter
 
@@ -94,6 +96,9 @@ class AudioStage:
                     writer.error(row, "audio", "internal_error", f"{type(exc).__name__}: {exc}")
                     segments = []
                     self._extra(extra, batch, i)
+                language = language_of(" ".join(str(v.get(C.TEXT, "")) for v in segments)) if segments else None
+                if language:  # the transcript's language joins what the file said of itself
+                    row[C.PROPERTIES] = encode({**decode(str(row[C.PROPERTIES])), "language": language})
                 for values in segments:
                     writer.add(row, **values)
                     self._extra(extra, batch, i)

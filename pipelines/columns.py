@@ -27,8 +27,13 @@ CONTENT_TYPE = "content_type"
 SHA256 = "sha256"
 SIZE = "size"
 CREATED_AT = "created_at"  # when the version was registered: RFC 3339, UTC ("" when unknown)
+METADATA = "metadata"  # str: the version's user metadata as JSON (core.metadata.encode), from the catalog
+#: str: what the file says of itself as JSON (core.metadata.PROPERTY_FIELDS); "{}" from the source, filled by the
+#: stage that extracts the document (prepare; the audio stage adds the transcript's language)
+PROPERTIES = "properties"
 
-VERSION_COLUMNS = (DOCUMENT_ID, VERSION, TENANT, PATH, OBJECT_KEY, CONTENT_TYPE, SHA256, SIZE, CREATED_AT)
+VERSION_COLUMNS = (DOCUMENT_ID, VERSION, TENANT, PATH, OBJECT_KEY, CONTENT_TYPE, SHA256, SIZE, CREATED_AT, METADATA,
+                   PROPERTIES)
 
 CHUNK_INDEX = "chunk_index"
 #: Chunks of the whole version (the same on each of its rows); the sink checks that all were written.

@@ -37,6 +37,7 @@ from core.errors import ConfigurationError, ServiceUnavailableError
 from core.objects import ObjectStore
 from core.settings import Settings
 from core.vectorstore import TEXT_VECTOR, VectorStore
+from core.vectorstore.schema import metadata_indexes
 from pipelines.embed.dense import model_dimension
 from pipelines.sink import QdrantDatasink, VersionOutcome
 from pipelines.source import ScanReport, scan_objects, version_row
@@ -368,12 +369,15 @@ def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: li
     in_place = frozenset((c.version.document_id, c.version.version) for c in todo
                          if shown.get(c.version.document_id) == c.version.version)
     outcomes: dict[tuple[str, int], VersionOutcome] = {}
+    store.ensure_indexes(metadata_indexes([c.version.metadata for c in todo]))
     if todo:
         started = time.perf_counter()
         outcomes = _run_dataset(settings, [version_row(c.version) for c in todo], ray.cluster_resources(),
                                 shown=in_place, faults=faults)
         summary.stage_seconds["dataset"] = round(time.perf_counter() - started, 3)
     summary.chunks_embedded = sum(o.written for o in outcomes.values())
+    catalog.record_properties([(d, v, o.properties) for (d, v), o in outcomes.items()
+                               if o.properties is not None and o.error is None])
     for key, count in finished.items():
         outcomes[key] = VersionOutcome(written=count, chunk_count=count)
 
@@ -388,9 +392,25 @@ def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: li
             if claim.first_attempt or (key in in_place and (v.chunk_count or 0) <= outcome.chunk_count):
                 fresh.add(key)
     committed = lifecycle.commit_versions(settings, catalog, store, ok, fresh=fresh)
+    _catch_up_metadata(catalog, store, claimed, committed, rewritten=set(finished))
     lost = len(ok) - len(committed)
     summary.documents_indexed -= lost
     summary.chunks_indexed -= sum(c for d, v, c in ok if (d, v, c) not in set(committed))
+
+
+def _catch_up_metadata(catalog: Catalog, store: VectorStore, claimed: list[Claim],
+                       committed: list[tuple[str, int, int]], *, rewritten: set[tuple[str, int]]) -> None:
+    """Give committed points the metadata the catalog has now, where it differs from what they were written with.
+
+    A ``PATCH`` of a version while this run wrote its points reaches only the points already written; checked
+    after every point is written, nothing is missed. ``rewritten``: versions finished from an earlier run's
+    points, whose metadata is not known here (set unconditionally).
+    """
+    written_with = {(c.version.document_id, c.version.version): c.version.metadata for c in claimed}
+    keys = [(d, v) for d, v, _ in committed]
+    for (doc, version), metadata in catalog.version_metadata(keys).items():
+        if (doc, version) in rewritten or metadata != written_with.get((doc, version)):
+            store.set_metadata(doc, [version], metadata)
 
 
 def _already_written(store: VectorStore, resumed: list[Claim]) -> dict[tuple[str, int], int]:

@@ -16,6 +16,10 @@ media columns included). Per document, by what its bytes are (``pipelines.extrac
   ``"recording"``, the samples in ``audio_pcm``); the audio stage (:mod:`pipelines.audio_stage`) finds the speech,
   transcribes it and emits the segments. Without ``SLUICE_ASR_MODEL`` an audio file fails as ``unsupported_type``.
 
+Each document's properties (what its file says of itself: ``Extracted.properties``; for audio its duration, rate
+and channels) go on its rows as JSON (``pipelines.columns.PROPERTIES``), next to the version's user metadata
+(``METADATA``, from the catalog); the sink writes both into every point's payload.
+
 A document that fails becomes one error row (``chunk_index == -1``, ``error_*`` set) and never stops the batch. A
 document that has only pictures, when neither OCR (``SLUICE_OCR_ENGINE=none``) nor an image model is configured,
 fails with ``empty_content``: it would be "indexed" with points no query can reach.
@@ -34,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ExtractionError, IngestError
+from core.metadata import clean_properties, encode
 from core.objects import ObjectStore
 from core.settings import Settings
 from pipelines import columns as C
@@ -197,6 +202,8 @@ class PrepareStage:
             raise ExtractionError("unsupported_type", f"{row[C.PATH]} is {content_type}: audio needs SLUICE_ASR_MODEL")
         audio = self.audio.extract(data, str(row[C.PATH]))
         row[C.CONTENT_TYPE] = content_type
+        row[C.PROPERTIES] = encode(clean_properties({"duration_s": audio.duration_s, "sample_rate": audio.source_rate,
+                                                     "channels": audio.source_channels}))
         out.add(row, **{C.KIND: C.KIND_RECORDING, C.MODALITY: "audio", C.CHUNK_INDEX: 0,
                         C.AUDIO_PCM: np.ascontiguousarray(audio.samples, dtype="<f4").tobytes(),
                         C.END_S: float(audio.duration_s)})
@@ -209,6 +216,7 @@ class PrepareStage:
         extracted = extract_document(data, str(row[C.PATH]), str(row.get(C.CONTENT_TYPE) or ""), pdf=self.pdf,
                                      images=self.images)
         row[C.CONTENT_TYPE] = extracted.content_type
+        row[C.PROPERTIES] = encode(extracted.properties)
         chunks = self.chunker.chunk(extracted.sections) if extracted.sections else []
         planned = plan_image_chunks(extracted.images, first_index=len(chunks), **self.layout)
         if not chunks and not planned:

@@ -17,6 +17,7 @@ import numpy as np
 from qdrant_client import models
 
 from core.ids import point_id
+from core.metadata import decode
 from core.settings import Settings
 from core.vectorstore import IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, VectorStore
 from pipelines import columns as C
@@ -34,16 +35,20 @@ class VersionOutcome:
     Attributes:
         written: points written. chunk_count: chunks the prepare stage made (the target).
         error: ``(stage, reason, detail)`` when the version failed before the sink, else ``None``.
+        properties: what the file says of itself (``core.metadata.PROPERTY_FIELDS``), as the rows carried it.
     """
 
     written: int = 0
     chunk_count: int = 0
     error: tuple[str, str, str] | None = None
+    properties: dict | None = None
 
     def merge(self, other: "VersionOutcome") -> None:
         self.written += other.written
         self.chunk_count = max(self.chunk_count, other.chunk_count)
         self.error = self.error or other.error
+        if other.properties is not None:  # every row of a version carries the same properties
+            self.properties = {**(self.properties or {}), **other.properties}
 
 
 def parent_dirs(path: str) -> list[str]:
@@ -72,7 +77,8 @@ def to_points(
 
     Returns:
         The points (deterministic ids, so a rewrite replaces them) and, for each, its ``(document_id, version)``.
-        Payload: the docs/ARCHITECTURE.md fields (``links`` from the ``links`` column), plus ``kind``, ``box``,
+        Payload: the docs/ARCHITECTURE.md fields (``links`` from the ``links`` column; ``metadata`` and
+        ``properties`` objects from their JSON columns), plus ``kind``, ``box``,
         ``parent_index`` and ``image_source`` on image rows and ``start_s``/``end_s`` on audio rows. The models are
         built with ``model_construct``: the values come typed from the pipeline, and validating millions of floats
         again cost half a core (measured on Vaswani).
@@ -85,6 +91,14 @@ def to_points(
     kinds = columns.get(C.KIND)
     points: list[models.PointStruct] = []
     keys: list[tuple[str, int]] = []
+    decoded: dict[tuple[str, str], dict] = {}  # the JSON of a version's metadata and properties, parsed once
+
+    def fields(name: str, i: int) -> dict:
+        text = str(columns[name][i]) if name in columns else ""
+        if (name, text) not in decoded:
+            decoded[(name, text)] = decode(text)
+        return decoded[(name, text)]
+
     for i in range(len(vectors)):
         if columns[C.ERROR_REASON][i]:
             continue
@@ -108,6 +122,8 @@ def to_points(
             "heading": str(columns[C.HEADING][i]),
             "sha256": str(columns[C.SHA256][i]),
             "links": json.loads(str(columns[C.LINKS][i])) if C.LINKS in columns and columns[C.LINKS][i] else [],
+            "metadata": fields(C.METADATA, i),
+            "properties": fields(C.PROPERTIES, i),
         }
         if C.CREATED_AT in columns and columns[C.CREATED_AT][i]:
             payload["created_at"] = str(columns[C.CREATED_AT][i])  # the version's registration time, for filters
@@ -175,6 +191,8 @@ class QdrantDatasink(Datasink[dict]):
                     outcome.error = (str(columns[C.ERROR_STAGE][i]), str(columns[C.ERROR_REASON][i]), str(columns[C.ERROR_DETAIL][i]))
                 else:
                     outcome.chunk_count = int(columns[C.CHUNK_COUNT][i])
+                    if C.PROPERTIES in columns and outcome.properties is None:
+                        outcome.properties = decode(str(columns[C.PROPERTIES][i]))
             points, keys = to_points(columns, self.shown)
             for start in range(0, len(points), batch):
                 store.upsert(points[start : start + batch])

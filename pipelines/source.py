@@ -2,8 +2,10 @@
 
 * :func:`scan_objects` registers objects put into the bucket directly (``--scan``): objects under
   ``<tenant>/<prefix>`` whose ETag and size differ from the head version's are hashed (SHA-256 of the bytes) and
-  registered; identical bytes make no new version, nor do the bytes of a version a restore rolled back. It also
-  reports the live documents in scope whose object is gone (the caller deletes them).
+  registered; identical bytes make no new version, nor do the bytes of a version a restore rolled back. An object's
+  S3 user metadata (``x-amz-meta-*``) becomes the new version's metadata (``core.metadata.from_s3_user_metadata``;
+  without any, the previous version's stays). It also reports the live documents in scope whose object is gone
+  (the caller deletes them).
 * :func:`claim_rows` claims the pending versions in the catalog and turns them into rows with
   ``pipelines.columns.VERSION_COLUMNS``.
 """
@@ -19,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from core.catalog import Catalog
 from core.errors import InvalidPathError
 from core.ids import normalise_path
+from core.metadata import encode, from_s3_user_metadata
 from core.objects import ObjectInfo, ObjectStore
 from core.types import Version
 from pipelines import columns as C
@@ -106,8 +109,12 @@ def scan_objects(objects: ObjectStore, catalog: Catalog, *, tenant: str | None, 
         t, path, info = item
         sha, size = objects.sha256(info.key)
         content_type = mimetypes.guess_type(path)[0] or ""
+        metadata, refused = from_s3_user_metadata(objects.user_metadata(info.key))
+        for reason in refused:
+            logger.warning("object %r: S3 user metadata left out: %s", info.key, reason)
         result = catalog.register_version(
-            t, path, object_key=info.key, sha256=sha, size=size, content_type=content_type, etag=info.etag
+            t, path, object_key=info.key, sha256=sha, size=size, content_type=content_type, etag=info.etag,
+            metadata=metadata or None, metadata_source="scan",  # no user metadata: the previous version's stays
         )
         return result.created
 
@@ -133,6 +140,8 @@ def version_row(version: Version) -> dict:
         C.SHA256: version.sha256,
         C.SIZE: version.size,
         C.CREATED_AT: _rfc3339(version.created_at),
+        C.METADATA: encode(version.metadata),
+        C.PROPERTIES: "{}",
     }
 
 

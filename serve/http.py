@@ -68,6 +68,21 @@ def tenant_of(request: Request) -> str:
     return tenant
 
 
+def checked_metadata(value: Any) -> dict[str, Any]:
+    """User metadata checked by ``core.metadata.validate_metadata``.
+
+    Raises:
+        ApiError: 422 ``invalid_metadata`` with ``key`` (the key at fault, ``""`` for the whole object) and
+            ``detail``.
+    """
+    from core.metadata import MetadataError, validate_metadata
+
+    try:
+        return validate_metadata(value)
+    except MetadataError as exc:
+        raise ApiError(422, "invalid_metadata", str(exc), extra={"key": exc.key}) from None
+
+
 def validation_detail(exc: Exception) -> str:
     """A one-line account of a pydantic ``ValidationError``: ``field: message; ...``."""
     errors = exc.errors() if hasattr(exc, "errors") else []

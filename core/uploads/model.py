@@ -41,7 +41,9 @@ class Upload:
         content_type: MIME type or ``""``. part_size: bytes per part (the last may be smaller). on_conflict:
         ``new_version`` or ``reject``. status: see ``STATUSES``. attempts: completion attempts started.
         last_error: why the last attempt failed. progress: completion steps done. result: the stored first
-        answer ``{"status_code", "body"}``. created_at, updated_at, expires_at: UTC times.
+        answer ``{"status_code", "body"}``. created_at, updated_at, expires_at: UTC times. metadata: the user
+        metadata the new version gets (checked by ``core.metadata``), ``None`` when none was given (the version
+        then keeps its predecessor's).
     """
 
     upload_id: str
@@ -63,6 +65,7 @@ class Upload:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     expires_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
 
     @property
     def part_count(self) -> int:

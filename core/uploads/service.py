@@ -19,6 +19,7 @@ from minio.error import S3Error
 from core.errors import ServiceUnavailableError
 from core.events import NewVersionEvent
 from core.ids import normalise_path, object_key
+from core.metadata import validate_metadata
 from core.objects import BadDigestError, NoSuchUploadError, ObjectStore, multipart_etag
 from core.settings import Settings
 from core.types import Version
@@ -73,7 +74,7 @@ class UploadService(UploadMaintenance):
 
     def prepare(
         self, tenant: str, path: str, size: int, *, sha256: str | None = None, content_type: str = "",
-        part_size: int | None = None, on_conflict: str = "new_version",
+        part_size: int | None = None, on_conflict: str = "new_version", metadata: dict[str, Any] | None = None,
     ) -> Upload:
         """Validate a new upload and plan its parts; nothing is stored or sent.
 
@@ -81,12 +82,15 @@ class UploadService(UploadMaintenance):
             InvalidPathError: the path or tenant breaks the rules of ``core.ids`` (the key is over 1024 bytes...).
             UploadTooLargeError: ``size`` is above ``max_upload_bytes``.
             ValueError: the part size is outside 5 MiB to 5 GiB, or ``on_conflict`` is unknown.
+            MetadataError: ``metadata`` breaks the rules of ``core.metadata`` (the key at fault is named).
         """
         key = object_key(tenant, path)
         if size > self.settings.max_upload_bytes:
             raise UploadTooLargeError(f"size={size} is above the limit of {self.settings.max_upload_bytes} bytes")
         if on_conflict not in ("new_version", "reject"):
             raise ValueError(f"on_conflict={on_conflict!r} must be 'new_version' or 'reject'")
+        if metadata is not None:
+            metadata = validate_metadata(metadata)
         chosen, _ = plan_parts(size, part_size, self.settings.upload_part_size)
         normalised = normalise_path(path)
         upload_id = str(uuid.uuid4())
@@ -94,7 +98,7 @@ class UploadService(UploadMaintenance):
             upload_id=upload_id, tenant=tenant, path=normalised, object_key=key, s3_key=key,
             s3_upload_id="", size=size, sha256=sha256.lower() if sha256 else None,
             content_type=content_type or mimetypes.guess_type(normalised)[0] or "", part_size=chosen,
-            on_conflict=on_conflict,
+            on_conflict=on_conflict, metadata=metadata,
         )
 
     def start_multipart(self, upload: Upload) -> str:
@@ -262,7 +266,7 @@ class UploadService(UploadMaintenance):
                 sha, etag = progress["sha256"], progress["etag"]
             registration = self.catalog.register_version(
                 up.tenant, up.path, object_key=up.object_key, sha256=sha, size=up.size,
-                content_type=up.content_type, etag=etag,
+                content_type=up.content_type, etag=etag, metadata=up.metadata, metadata_source="upload",
             )
             version = registration.version
             answer = answer_json(200, {

@@ -154,12 +154,12 @@ class UploadStore:
         row = self._run(
             lambda conn: conn.execute(
                 "INSERT INTO uploads (upload_id, tenant, path, object_key, s3_key, s3_upload_id, size, sha256, "
-                "content_type, part_size, on_conflict, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, now() + make_interval(secs => %s)) ON CONFLICT (upload_id) DO UPDATE SET updated_at = now() "
-                "RETURNING *",
+                "content_type, part_size, on_conflict, metadata, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT (upload_id) DO UPDATE SET "
+                "updated_at = now() RETURNING *",
                 (upload.upload_id, upload.tenant, upload.path, upload.object_key, upload.s3_key,
                  upload.s3_upload_id or None, upload.size, upload.sha256, upload.content_type, upload.part_size,
-                 upload.on_conflict, ttl_s),
+                 upload.on_conflict, Jsonb(upload.metadata) if upload.metadata is not None else None, ttl_s),
             ).fetchone()
         )
         return Upload.from_row(row)

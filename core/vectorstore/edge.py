@@ -122,6 +122,14 @@ class EdgeBackend:
         return CollectionInfo(dense=dense, sparse=sparse, points=int(info.points_count),
                               segments=int(info.segments_count), indexed_vectors=int(info.indexed_vectors_count))
 
+    def indexes(self, collection: str) -> set[str]:
+        """The payload fields that have an index."""
+        return set(self._shard(collection).info().payload_schema)
+
+    def create_index(self, collection: str, field: str, schema: models.PayloadSchemaType) -> None:
+        """Index a payload field (the points already there included)."""
+        self._apply(collection, [qe.UpdateOperation.create_field_index(field, _SCHEMA[schema])], "an index creation")
+
     def _vectors(self, collection: str) -> tuple[dict[str, int], tuple[str, ...]]:
         """The collection's vectors, read once from ``sluice_spec.json`` (fixed when the collection is made)."""
         import json

@@ -15,6 +15,8 @@ from typing import Any
 
 from qdrant_client import models
 
+from core.metadata import PROPERTY_FIELDS
+
 TEXT_VECTOR = "text"
 SPARSE_VECTOR = "bm25"
 #: The dense CLIP vector of image chunks (only in collections built with an image model).
@@ -35,6 +37,18 @@ INDEXED_FIELDS: dict[str, models.PayloadSchemaType] = {
     "content_type": models.PayloadSchemaType.KEYWORD,
     "created_at": models.PayloadSchemaType.DATETIME,
 }
+_PROPERTY_SCHEMA = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "datetime": models.PayloadSchemaType.DATETIME,
+}
+#: The user's metadata and the extracted properties are payload objects: ``metadata.<key>``, ``properties.<key>``.
+METADATA_FIELD, PROPERTIES_FIELD = "metadata", "properties"
+INDEXED_FIELDS.update({f"{PROPERTIES_FIELD}.{name}": _PROPERTY_SCHEMA[kind] for name, kind in PROPERTY_FIELDS.items()})
+#: The most metadata keys that get their own index in one collection (past it, filters on others still work,
+#: by reading the payload of the points the other conditions leave).
+MAX_METADATA_INDEXES = 256
 TENANT_FIELD = "tenant"
 
 
@@ -100,11 +114,16 @@ def search_conditions(
     created_before: dt.datetime | None = None,
     modalities: Sequence[str] | None = None,
     version_number: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
 ) -> list[models.Condition]:
     """A search's own restrictions (everything but the tenant and ``is_latest``), each on the payload schema.
 
     ``path_prefix`` matches a folder at any depth (payload ``dirs``) or an exact path; ``created_*`` compare with the
-    version's registration time (``created_at``, half-open: ``[after, before)``).
+    version's registration time (``created_at``, half-open: ``[after, before)``). ``metadata`` and ``properties``
+    come checked by ``core.metadata.validate_metadata_filter``/``validate_property_filter``: each key is one
+    condition (keys ANDed); a list value matches any of its items (a stored list matches when any item does); a
+    property range ``{"gte": ..., "lte": ...}`` compares numbers or times.
     """
     extra: list[models.Condition] = []
     if path_prefix:
@@ -120,7 +139,51 @@ def search_conditions(
         extra.append(match("modality", sorted(set(modalities))))
     if version_number is not None:
         extra.append(version(version_number))
+    for key, value in (metadata or {}).items():
+        extra.append(_value_condition(f"{METADATA_FIELD}.{key}", value))
+    for key, value in (properties or {}).items():
+        field = f"{PROPERTIES_FIELD}.{key}"
+        extra.append(_range_condition(field, value) if isinstance(value, dict) else _value_condition(field, value))
     return extra
+
+
+def metadata_indexes(metadata: Sequence[dict[str, Any]]) -> dict[str, models.PayloadSchemaType]:
+    """The indexes the keys of these metadata want: a keyword index for each key holding strings (or lists of them).
+
+    Numbers and booleans are matched without an index of their own (a key may hold a number in one document and a
+    string in another; one keyword index serves the strings).
+    """
+    wanted: dict[str, models.PayloadSchemaType] = {}
+    for fields in metadata:
+        for key, value in fields.items():
+            if isinstance(value, (str, list)):
+                wanted[f"{METADATA_FIELD}.{key}"] = models.PayloadSchemaType.KEYWORD
+    return wanted
+
+
+def _value_condition(key: str, value: Any) -> models.Condition:
+    """``key`` equals ``value``, or any item of a list ``value``.
+
+    Strings and integers match exactly (a list of only strings or only integers in one ``MatchAny``); a float that
+    is not whole matches as the range ``[v, v]`` (Qdrant matches floats by range only); a mixed list is a ``should``
+    of its items.
+    """
+    def one(v: Any) -> models.Condition:
+        if isinstance(v, float):
+            return match(key, int(v)) if v.is_integer() else models.FieldCondition(key=key, range=models.Range(gte=v, lte=v))
+        return match(key, v)
+
+    if not isinstance(value, list):
+        return one(value)
+    if all(isinstance(v, str) for v in value) or all(type(v) is int for v in value):
+        return match(key, value)
+    return models.Filter(should=[one(v) for v in value])
+
+
+def _range_condition(key: str, bounds: dict[str, Any]) -> models.FieldCondition:
+    if any(isinstance(b, dt.datetime) for b in bounds.values()):
+        return models.FieldCondition(key=key, range=models.DatetimeRange(**bounds))
+    return models.FieldCondition(key=key, range=models.Range(**bounds))
 
 
 def one_version_per_document(points: Sequence[Any]) -> list[Any]:

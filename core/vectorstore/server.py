@@ -78,6 +78,12 @@ class QdrantClientBackend:
                 field_schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
             self._call(collection, "create_payload_index", collection, field_name=field, field_schema=field_schema)
 
+    def indexes(self, collection: str) -> set[str]:
+        return set((self._call(collection, "get_collection", collection).payload_schema or {}).keys())
+
+    def create_index(self, collection: str, field: str, schema: models.PayloadSchemaType) -> None:
+        self._call(collection, "create_payload_index", collection, field_name=field, field_schema=schema, wait=True)
+
     def drop(self, collection: str) -> None:
         self._call(collection, "delete_collection", collection)
 

@@ -78,6 +78,7 @@ class VectorStore:
             backend = QdrantClientBackend(client)
         self._backend = backend
         self._injected = backend is not None
+        self._indexed: set[str] | None = None  # payload fields known to have an index (ensure_indexes)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -139,6 +140,7 @@ class VectorStore:
                         f"({variable}) gives {dim}: use another SLUICE_QDRANT_COLLECTION for the new model and "
                         "re-index into it: python -m jobs.reindex --collection NEW"
                     )
+            self.ensure_indexes(schema.INDEXED_FIELDS)  # a collection made by an older release lacks newer ones
             return False
         dense = {TEXT_VECTOR: text_dim}
         if image_dim is not None:
@@ -147,8 +149,39 @@ class VectorStore:
         logger.info("created collection %s (text dim %d, image dim %s)", self.collection, text_dim, image_dim)
         return True
 
+    def ensure_indexes(self, fields: dict[str, models.PayloadSchemaType]) -> list[str]:
+        """Index the payload fields that have no index yet; returns those created.
+
+        Metadata keys (``metadata.<key>``) beyond :data:`schema.MAX_METADATA_INDEXES` in the collection are left
+        unindexed (filters on them still work). The fields known to be indexed are remembered per instance.
+        """
+        known = self._indexed
+        missing = {f: t for f, t in fields.items() if known is None or f not in known}
+        if not missing:
+            return []
+        try:
+            known = self._indexed = self.backend.indexes(self.collection)
+        except CollectionNotFoundError:
+            return []
+        budget = schema.MAX_METADATA_INDEXES - sum(f.startswith(f"{schema.METADATA_FIELD}.") for f in known)
+        created = []
+        for field, kind in sorted(missing.items()):
+            if field in known:
+                continue
+            if field.startswith(f"{schema.METADATA_FIELD}."):
+                if budget <= 0:
+                    continue
+                budget -= 1
+            self.backend.create_index(self.collection, field, kind)
+            known.add(field)
+            created.append(field)
+        if created:
+            logger.info("indexed payload fields %s of %s", created, self.collection)
+        return created
+
     def drop(self) -> None:
         """Delete the whole collection (tests and benchmarks)."""
+        self._indexed = None
         self.backend.drop(self.collection)
 
     def optimize(self, *, wait: bool = False) -> bool:
@@ -184,6 +217,13 @@ class VectorStore:
     def set_payload(self, flt: models.Filter, payload: dict[str, Any]) -> None:
         """Set payload fields on every point matching ``flt`` (its other fields stay)."""
         self.backend.update(self.collection, [_set(payload, flt)])
+
+    def set_metadata(self, document_id: str, versions: Sequence[int], metadata: dict[str, Any]) -> None:
+        """Replace the user metadata (payload ``metadata``) of the points of these versions of a document."""
+        if versions:
+            self.ensure_indexes(schema.metadata_indexes([metadata]))
+            flt = models.Filter(must=[schema.document(document_id), schema.match("version", [int(v) for v in versions])])
+            self.set_payload(flt, {schema.METADATA_FIELD: dict(metadata)})
 
     def set_latest(self, document_id: str, version: int) -> None:
         """Make ``version`` the document's searchable version: its points ``is_latest`` true, every other false.

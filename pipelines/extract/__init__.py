@@ -32,6 +32,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ExtractionError
+from core.metadata import clean_properties
 from pipelines.extract.base import (
     APPLICATION_PDF,
     AUDIO_TYPES,
@@ -43,9 +44,10 @@ from pipelines.extract.base import (
     Section,
     sniff_content_type,
 )
-from pipelines.extract.html import HtmlExtractor
-from pipelines.extract.pdf import PdfExtractor
-from pipelines.extract.text import TextExtractor, decode_text
+from pipelines.extract.html import HtmlExtractor, html_properties
+from pipelines.extract.language import language_of
+from pipelines.extract.pdf import PdfExtractor, pdf_properties
+from pipelines.extract.text import TextExtractor, decode_text, markdown_properties
 
 if TYPE_CHECKING:
     from pipelines.extract.image import ImageExtractor, ImageItem
@@ -96,12 +98,15 @@ class Extracted:
         sections: text sections (one per PDF page with a text layer; one for a text file; none for an image).
         images: pictures, ``index`` 0..n-1 in document order (one for an image file).
         ocr_pages: PDF pages rendered because they have no text layer (their text comes from OCR).
+        properties: what the file says of itself (``core.metadata.PROPERTY_FIELDS``: a PDF's document information,
+            an HTML or Markdown title, an image's size and EXIF, the text's language); absent fields are left out.
     """
 
     content_type: str
     sections: list[Section]
     images: list[ImageItem] = dataclasses.field(default_factory=list)
     ocr_pages: list[int] = dataclasses.field(default_factory=list)
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def is_image(content_type: str) -> bool:
@@ -140,15 +145,33 @@ def extract_document(data: bytes, path: str, content_type: str = "", *, pdf: Pdf
             from pipelines.extract.image import ImageExtractor
 
             images = _IMAGES = _IMAGES or ImageExtractor()
-        return Extracted(sniffed, [], [images.extract(data, path)])
+        from pipelines.extract.image import image_properties
+
+        item = images.extract(data, path)
+        return Extracted(sniffed, [], [item], properties=clean_properties(image_properties(data, item)))
     if sniffed == APPLICATION_PDF:
         content = (pdf or _EXTRACTORS[APPLICATION_PDF]).extract_content(data, path)
-        return Extracted(sniffed, content.sections, content.images, content.ocr_pages)
+        found = pdf_properties(data, content.page_count)
+        return Extracted(sniffed, content.sections, content.images, content.ocr_pages,
+                         properties=_with_language(found, content.sections))
     extractor = _EXTRACTORS.get(sniffed)
     if extractor is None:
         kind = "audio, for the audio extractor" if sniffed in AUDIO_TYPES else "a type without an extractor"
         raise ExtractionError("unsupported_type", f"{path} is {sniffed} ({kind})")
-    return Extracted(sniffed, extractor.extract(data, path))
+    sections = extractor.extract(data, path)
+    if sniffed == TEXT_HTML:
+        found = html_properties(data)
+    elif sniffed == TEXT_MARKDOWN:
+        found = markdown_properties(sections[0].text if sections else "")
+    else:
+        found = {}
+    return Extracted(sniffed, sections, properties=_with_language(found, sections))
+
+
+def _with_language(found: dict[str, Any], sections: list[Section]) -> dict[str, Any]:
+    """``found`` with the language of the sections' text, cleaned (``core.metadata.clean_properties``)."""
+    language = language_of("\n".join(s.text for s in sections[:50])) if sections else None
+    return clean_properties({**found, "language": language})
 
 
 def extract_sections(data: bytes, path: str, content_type: str = "") -> tuple[str, list[Section]]:

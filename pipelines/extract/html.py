@@ -214,3 +214,9 @@ def _title(markup: str) -> str:
     if match is None:
         return ""
     return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", "", match.group(1))).split())
+
+
+def html_properties(data: bytes) -> dict:
+    """What an HTML file says of itself: ``title`` (its ``<title>``), when it has one."""
+    title = _title(decode_html(data))
+    return {"title": title} if title else {}

@@ -248,3 +248,34 @@ def decode_bitmap_array(array: np.ndarray) -> Image.Image:
     mode = "L" if array.ndim == 2 else ("RGB" if array.shape[2] == 3 else "RGBA")
     return to_rgb(Image.fromarray(array, mode=mode))
 
+
+
+#: EXIF tags of the properties (EXIF 2.32, "Tag Support Levels"): in the main IFD, and in the Exif sub-IFD.
+_EXIF_IFD, _EXIF_MAKE, _EXIF_MODEL, _EXIF_DATETIME, _EXIF_DATETIME_ORIGINAL = 0x8769, 0x010F, 0x0110, 0x0132, 0x9003
+
+
+def image_properties(data: bytes, item: ImageItem) -> dict:
+    """What an image file says of itself: ``width``/``height`` (upright, as indexed) and, from EXIF,
+    ``captured_at`` (``DateTimeOriginal``, else ``DateTime``) and ``camera`` (make and model).
+
+    Values the file does not hold are absent; an unreadable EXIF block gives none of its fields.
+    """
+    import datetime as dt
+
+    found: dict = {"width": int(item.width), "height": int(item.height)}
+    try:
+        exif = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).getexif()
+        sub = exif.get_ifd(_EXIF_IFD)
+    except Exception:  # noqa: BLE001 - EXIF is optional; a broken block only loses these fields
+        return found
+    stamp = str(sub.get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME) or "").strip().strip("\x00")
+    try:  # EXIF times are "YYYY:MM:DD HH:MM:SS" with no zone
+        found["captured_at"] = dt.datetime.strptime(stamp, "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        pass
+    make = str(exif.get(_EXIF_MAKE) or "").strip("\x00 ")
+    model = str(exif.get(_EXIF_MODEL) or "").strip("\x00 ")
+    camera = model if make and model.lower().startswith(make.lower()) else " ".join(p for p in (make, model) if p)
+    if camera:
+        found["camera"] = camera
+    return found

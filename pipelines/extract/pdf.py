@@ -17,6 +17,7 @@ them (``PdfPage.render``) for the OCR of the image stage.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import logging
 import re
@@ -363,3 +364,48 @@ def _drop_running_lines(pages: list[list[str]]) -> None:
             seen_header = True
         if _PAGE_NUMBER.match(lines[nonblank[-1]]):
             lines[nonblank[-1]] = ""
+
+
+#: A PDF date (ISO 32000-1, 7.9.4): ``D:YYYYMMDDHHmmSSOHH'mm'``, every part after the year optional.
+_PDF_DATE = re.compile(r"^(?:D:)?(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:([Zz+\-])(\d{2})?'?(\d{2})?'?)?")
+
+
+def parse_pdf_date(text: str) -> dt.datetime | None:
+    """A PDF date string as an aware ``datetime`` (no zone: UTC), or ``None`` when it is not one."""
+    match = _PDF_DATE.match((text or "").strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, sign, tz_h, tz_m = match.groups()
+    offset = dt.timedelta(hours=int(tz_h or 0), minutes=int(tz_m or 0))
+    zone = dt.timezone(-offset if sign == "-" else offset) if sign in ("+", "-") else dt.timezone.utc
+    try:
+        return dt.datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
+                           int(second or 0), tzinfo=zone)
+    except ValueError:
+        return None
+
+
+def pdf_properties(data: bytes, page_count: int | None = None) -> dict:
+    """What a PDF's document information says: ``title``, ``author``, ``subject``, ``created`` and ``page_count``.
+
+    Fields the PDF does not fill are absent (nothing is guessed from the text).
+    """
+    found: dict = {}
+    try:
+        document = pdfium.PdfDocument(data)
+    except Exception:  # noqa: BLE001 - extraction itself reports a PDF that does not open
+        return found
+    try:
+        info = document.get_metadata_dict(skip_empty=True)
+        found["page_count"] = page_count if page_count is not None else len(document)
+    except Exception:  # noqa: BLE001 - a broken info dictionary only loses these fields
+        return found
+    finally:
+        document.close()
+    for key, name in (("title", "Title"), ("author", "Author"), ("subject", "Subject")):
+        if info.get(name):
+            found[key] = str(info[name])
+    created = parse_pdf_date(str(info.get("CreationDate") or ""))
+    if created is not None:
+        found["created"] = created
+    return found

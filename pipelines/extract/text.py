@@ -144,3 +144,19 @@ class TextExtractor:
         if not text.strip():
             raise ExtractionError("empty_content", f"{path} holds only whitespace")
         return [Section(text=text, page=None)]
+
+
+_FRONT_MATTER_TITLE = re.compile(r"\A---[ \t]*\n(?:.*\n)*?title:[ \t]*(?P<title>.+?)[ \t]*\n(?:.*\n)*?---[ \t]*(?:\n|\Z)")
+_ATX_H1 = re.compile(r"^#[ \t]+(?P<title>.+?)[ \t#]*$", re.MULTILINE)
+
+
+def markdown_properties(text: str) -> dict:
+    """What a Markdown file says of itself: ``title``, from YAML front matter (``title:``), else its first
+    level-one heading (``# Title``); absent when it has neither."""
+    match = _FRONT_MATTER_TITLE.match(text[:20000])
+    if match:
+        return {"title": match.group("title").strip("'\"")}
+    match = _ATX_H1.search(text[:200000])
+    if match:
+        return {"title": re.sub(r"[*_`]", "", match.group("title"))}
+    return {}

@@ -118,8 +118,11 @@ class SluiceClient:
     # -- uploads -------------------------------------------------------------------------------------------------
 
     def create_upload(self, path: str, size: int, *, sha256: str | None = None, content_type: str = "",
-                      part_size: int | None = None, on_conflict: str = "new_version") -> dict[str, Any]:
+                      part_size: int | None = None, on_conflict: str = "new_version",
+                      metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """``POST /v1/uploads``: 201 (a new upload) or 200 (``deduplicated``).
+
+        ``metadata``: the new version's user metadata (``None``: it keeps its predecessor's).
 
         Raises:
             ApiAnswerError: any other answer (400 bad path, 409 conflict, 413 too large...).
@@ -131,6 +134,8 @@ class SluiceClient:
             body["content_type"] = content_type
         if part_size:
             body["part_size"] = part_size
+        if metadata is not None:
+            body["metadata"] = metadata
         return self._json(self.request("POST", "/v1/uploads", json=body), 200, 201)
 
     def put_part(self, upload_id: str, part_number: int, data: bytes) -> dict[str, Any]:
@@ -164,13 +169,19 @@ class SluiceClient:
 
     # -- search --------------------------------------------------------------------------------------------------
 
-    def search(self, query: str, *, top_k: int = 10, mode: str = "hybrid", path_prefix: str = "") -> dict[str, Any]:
-        """``POST /v1/search``.
+    def search(self, query: str, *, top_k: int = 10, mode: str = "hybrid", path_prefix: str = "",
+               metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /v1/search``; ``metadata``: only documents whose metadata has these values (``filters.metadata``).
 
         Raises:
             ApiAnswerError: any answer but 200.
         """
         body: dict[str, Any] = {"query": query, "top_k": top_k, "mode": mode}
+        filters: dict[str, Any] = {}
         if path_prefix:
-            body["filters"] = {"path_prefix": path_prefix}
+            filters["path_prefix"] = path_prefix
+        if metadata:
+            filters["metadata"] = metadata
+        if filters:
+            body["filters"] = filters
         return self._json(self.request("POST", "/v1/search", json=body), 200)

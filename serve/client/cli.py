@@ -20,6 +20,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--part-size-mib", type=int, default=0, help="part size in MiB (default: the server's)")
     up.add_argument("--state-file", type=Path, default=None, help="resume state (default: $SLUICE_STATE_FILE or "
                     "~/.local/state/sluice/uploads.json)")
+    up.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                    help="user metadata of every file uploaded (repeatable; a key given twice holds a list)")
     up.add_argument("--no-progress", action="store_true", help="no progress bar")
     up.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
 
@@ -57,8 +60,30 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--top-k", type=int, default=10)
     se.add_argument("--mode", choices=("hybrid", "dense", "sparse"), default="hybrid")
     se.add_argument("--prefix", default="", help="only documents whose path starts with this")
+    se.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                    help="only documents whose metadata KEY is VALUE (repeatable: keys ANDed, one key twice: any)")
     se.add_argument("--json", action="store_true", help="print the server's JSON answer")
     return parser
+
+
+def parse_meta(items: list[str]) -> dict[str, Any] | None:
+    """``--meta KEY=VALUE`` options as metadata: string values; a key given twice holds a list of its values.
+
+    Returns ``None`` when there is none (each file keeps its previous version's metadata).
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty key (the server checks the rest).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--meta {item!r} is not KEY=VALUE")
+        if key in out:
+            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [value]
+        else:
+            out[key] = value
+    return out or None
 
 
 def _describe(result: FileResult) -> str:
@@ -78,13 +103,18 @@ def run_upload(args: argparse.Namespace, client: SluiceClient) -> int:
     except FileNotFoundError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        metadata = parse_meta(args.meta)
+    except ValueError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     total = sum(p.stat().st_size for p, _ in files)
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{len(files)} file(s)",
                disable=args.no_progress or args.json or not sys.stderr.isatty(), file=sys.stderr)
     uploader = Uploader(client, StateFile(args.state_file or default_state_path()), parallel=args.parallel,
-                        part_size=args.part_size_mib * MiB or None, on_progress=bar.update)
+                        part_size=args.part_size_mib * MiB or None, on_progress=bar.update, metadata=metadata)
     failed = 0
     try:
         with ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="file") as pool:
@@ -101,7 +131,12 @@ def run_upload(args: argparse.Namespace, client: SluiceClient) -> int:
 
 def run_search(args: argparse.Namespace, client: SluiceClient) -> int:
     """The ``search`` command."""
-    answer = client.search(args.query, top_k=args.top_k, mode=args.mode, path_prefix=args.prefix)
+    try:
+        metadata = parse_meta(args.meta)
+    except ValueError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    answer = client.search(args.query, top_k=args.top_k, mode=args.mode, path_prefix=args.prefix, metadata=metadata)
     if args.json:
         print(json.dumps(answer, ensure_ascii=False))
         return EXIT_OK

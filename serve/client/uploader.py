@@ -105,10 +105,11 @@ class Uploader:
         parallel: parts in flight at once, per file.
         part_size: bytes per part to ask for (``None``: the server's default).
         on_progress: called with a number of bytes each time a part is stored (progress bars).
+        metadata: user metadata of every file uploaded (``None``: each keeps its previous version's).
     """
 
     def __init__(self, client: SluiceClient, state: StateFile, *, parallel: int = 4, part_size: int | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None, metadata: dict[str, Any] | None = None) -> None:
         if parallel < 1:
             raise ValueError(f"parallel={parallel} must be at least 1")
         self.client = client
@@ -116,6 +117,7 @@ class Uploader:
         self.parallel = parallel
         self.part_size = part_size
         self.on_progress = on_progress or (lambda n: None)
+        self.metadata = metadata
 
     def upload(self, local: Path, remote: str) -> FileResult:
         """Upload one file (resuming an unfinished upload of it); never raises for a per-file failure."""
@@ -149,7 +151,7 @@ class Uploader:
             sha256 = entry["sha256"] if entry else file_sha256(local)
             created = self.client.create_upload(
                 remote, fingerprint["size"], sha256=sha256, content_type=mimetypes.guess_type(remote)[0] or "",
-                part_size=self.part_size,
+                part_size=self.part_size, metadata=self.metadata,
             )
             if created.get("deduplicated"):
                 self.on_progress(fingerprint["size"])

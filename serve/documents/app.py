@@ -2,7 +2,10 @@
 
 Routes (docs/ARCHITECTURE.md, "Interfaces"; paths relative to the prefix):
 
-* ``GET /documents/{id}``: ``{"document_id", "path", "latest_version", "status", "error"?, "deleted", ...}``.
+* ``GET /documents/{id}``: ``{"document_id", "path", "latest_version", "status", "error"?, "deleted", "metadata",
+  "properties", ...}`` (metadata and properties of the shown version, else of the newest).
+* ``PATCH /documents/{id}`` ``{"metadata": {...}}``: replaces the user metadata without re-embedding; 422
+  ``invalid_metadata`` names the key at fault.
 * ``GET /documents/{id}/versions``: the list of versions, oldest first, each with ``is_latest`` and ``restorable``.
 * ``POST /documents/{id}/versions/{v}/restore``: makes a retained older version the searchable one (no
   re-embedding); 409 ``not_restorable`` when its points are gone, 409 ``deleted`` for a deleted document.
@@ -28,7 +31,7 @@ from core.catalog import Catalog, CatalogConflict
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from core.types import Document, Version
-from serve.http import ApiError, install_common_handlers, tenant_of
+from serve.http import ApiError, checked_metadata, install_common_handlers, read_json_body, tenant_of
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ api = FastAPI(title="Sluice documents", version="0.1.0")
 install_common_handlers(api)
 
 _CONFLICT_STATUS = {"not_found": 404, "deleted": 409, "not_restorable": 409}
+#: The largest JSON body accepted (metadata is at most 8 KiB as compact JSON; escapes may make it longer).
+MAX_JSON_BYTES = 64 * 1024
 
 
 def _iso(value: Any) -> Any:
@@ -55,6 +60,8 @@ def version_json(v: Version, document: Document, retention_keep: set[int]) -> di
         "chunk_count": v.chunk_count,
         "error": v.error,
         "created_at": _iso(v.created_at),
+        "metadata": v.metadata,
+        "properties": v.properties,
     }
 
 
@@ -96,6 +103,7 @@ class DocumentsAPI:
         doc = await self._call(self._document, request, document_id)
         versions = await self._call(self.catalog.list_versions, document_id)
         head = next((v for v in versions if v.version == doc.head_version), None)
+        shown = next((v for v in versions if v.version == doc.latest_version), None) or head
         status = "deleted" if doc.deleted else (head.status if head else "pending")
         body: dict[str, Any] = {
             "document_id": doc.document_id,
@@ -104,10 +112,27 @@ class DocumentsAPI:
             "head_version": doc.head_version,
             "status": status,
             "deleted": doc.deleted,
+            "metadata": shown.metadata if shown is not None else {},
+            "properties": shown.properties if shown is not None else {},
         }
         if head is not None and head.error:
             body["error"] = head.error
         return JSONResponse(body)
+
+    @api.patch("/documents/{document_id}")
+    async def patch_document(self, document_id: str, request: Request) -> JSONResponse:
+        """Replace the document's user metadata (shown and head versions) without re-embedding; search sees it at once."""
+        raw = await read_json_body(request, MAX_JSON_BYTES)
+        if not isinstance(raw, dict) or set(raw) != {"metadata"}:
+            raise ApiError(422, "invalid_request", 'the body is {"metadata": {...}}')
+        metadata = checked_metadata(raw["metadata"])
+        await self._call(self._document, request, document_id)
+        try:
+            versions = await self._call(lifecycle.replace_metadata, self.settings, document_id, metadata,
+                                        catalog=self.catalog)
+        except CatalogConflict as exc:
+            raise ApiError(_CONFLICT_STATUS.get(exc.code, 409), exc.code, exc.detail) from exc
+        return JSONResponse({"document_id": document_id, "metadata": metadata, "versions": versions})
 
     @api.get("/documents/{document_id}/versions")
     async def list_versions(self, document_id: str, request: Request) -> JSONResponse:

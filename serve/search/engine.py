@@ -84,6 +84,8 @@ def to_result(point: models.ScoredPoint) -> dict[str, Any]:
         "text": p.get("text", ""),
         "score": float(point.score),
         "links": p.get("links", []),
+        "metadata": p.get("metadata") or {},
+        "properties": p.get("properties") or {},
     }
     for optional in ("page", "start_s", "end_s", "heading", "content_type", "created_at", "kind", "box",
                      "parent_index"):

@@ -23,7 +23,7 @@ near the page boundary (a fused score depends on how deep each leg was read).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 from qdrant_client import models
@@ -31,7 +31,9 @@ from qdrant_client import models
 #: IMAGE_VECTOR: the dense vector of image points (CLIP), queried with a CLIP text embedding when ``modalities``
 #: has ``image``.
 from core.vectorstore import IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, tenant_filter, tenant_only
+from core.metadata import validate_metadata_filter, validate_property_filter
 from core.vectorstore.schema import search_conditions
+
 #: Candidates each leg hands to fusion, at least: enough for ``top_k=100`` and for fusion to matter.
 MIN_PREFETCH = 100
 #: The most queries of one ``POST /v1/search/batch``.
@@ -54,6 +56,10 @@ class SearchFilters(BaseModel):
         created_after: only chunks whose version was created at or after this time (payload ``created_at``).
         created_before: only chunks whose version was created before this time. A time without a zone is UTC.
             Points written without ``created_at`` never match a time filter.
+        metadata: only documents whose user metadata has these values (``{"key": value}``: exact match, keys
+            ANDed; a list value matches any of its items). properties: the same on the extracted properties
+            (``core.metadata.PROPERTY_FIELDS``), plus ranges ``{"key": {"gte": x, "lte": y}}`` for numbers and times.
+            Both are checked by ``core.metadata``; an error names the key.
     """
 
     model_config = {"extra": "forbid"}
@@ -63,6 +69,18 @@ class SearchFilters(BaseModel):
     document_ids: list[str] | None = Field(default=None, min_length=1, max_length=1000)
     created_after: dt.datetime | None = None
     created_before: dt.datetime | None = None
+    metadata: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else validate_metadata_filter(value)
+
+    @field_validator("properties")
+    @classmethod
+    def _properties(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else validate_property_filter(value)
 
     @field_validator("created_after", "created_before")
     @classmethod
@@ -134,6 +152,7 @@ def filter_conditions(req: SearchRequest) -> list[models.Condition]:
         path_prefix=f.path_prefix, content_types=f.content_types, document_ids=f.document_ids,
         created_after=f.created_after, created_before=f.created_before, modalities=req.modalities,
         version_number=req.version if isinstance(req.version, int) else None,
+        metadata=f.metadata, properties=f.properties,
     )
 
 

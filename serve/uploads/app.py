@@ -42,7 +42,8 @@ from core.uploads import (
     UploadStateError,
     UploadTooLargeError,
 )
-from serve.http import ApiError, ContractPaths, install_common_handlers, read_json_body, tenant_of, validation_detail
+from serve.http import (ApiError, ContractPaths, checked_metadata, install_common_handlers, read_json_body, tenant_of,
+                        validation_detail)
 from serve.uploads.body import ByteBudget, NativeMemory, check_declared_length, parse_digests, read_part, verify
 from serve.uploads.models import CreateUpload, check_path_characters
 
@@ -93,6 +94,8 @@ async def _create_body(request: Request) -> CreateUpload:
             check_path_characters(raw["path"])  # before pydantic, which refuses lone surrogates as a type error
         except InvalidPathError as exc:
             raise ApiError(400, "bad_path", exc.reason) from None
+    if raw.get("metadata") is not None:  # before pydantic, so that the error names the key at fault
+        raw["metadata"] = checked_metadata(raw["metadata"])
     try:
         return CreateUpload.model_validate(raw)
     except ValidationError as exc:
@@ -173,7 +176,7 @@ class UploadsAPI:
         try:
             upload = self.service.prepare(
                 tenant, body.path, body.size, sha256=body.sha256, content_type=body.content_type,
-                part_size=body.part_size, on_conflict=body.on_conflict,
+                part_size=body.part_size, on_conflict=body.on_conflict, metadata=body.metadata,
             )
         except InvalidPathError as exc:
             raise ApiError(400, "bad_path", exc.reason) from None

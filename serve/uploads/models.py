@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from core.errors import InvalidPathError
 from core.ids import MAX_KEY_BYTES
@@ -25,6 +25,8 @@ class CreateUpload(BaseModel):
         content_type: MIME type (printable ASCII); guessed from the path when empty.
         part_size: bytes per part, 5 MiB to 5 GiB (raised so that at most 10,000 parts are needed).
         on_conflict: ``new_version`` (default) or ``reject`` (409 when the path exists).
+        metadata: the new version's user metadata (README, "Document metadata"; checked by ``core.metadata``,
+            which names the key at fault); omitted: the version keeps its predecessor's.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -35,6 +37,7 @@ class CreateUpload(BaseModel):
     content_type: StrictStr = Field(default="", max_length=255, pattern=r"^[\x20-\x7e]*$")
     part_size: StrictInt | None = Field(default=None, ge=1)
     on_conflict: Literal["new_version", "reject"] = "new_version"
+    metadata: dict[str, StrictStr | StrictInt | StrictFloat | StrictBool | list[StrictStr]] | None = None
 
 
 def check_path_characters(path: str) -> None:

@@ -76,3 +76,31 @@ def test_index_models_are_recorded(catalog):
     assert catalog.index_model("c_models", "text") is None
     catalog.record_index_model("c_models", "text", "model-a", 32)
     assert catalog.index_model("c_models", "text") == {"model": "model-a", "dimension": 32}
+
+
+def test_metadata_is_inherited_replaced_and_kept_per_version(catalog, request):
+    tenant = request.node.name[:20]
+    doc = document_id(tenant, "m.md")
+
+    def register(sha, metadata=None):
+        return catalog.register_version(tenant, "m.md", object_key=f"{tenant}/m.md", sha256=sha, size=1,
+                                        metadata=metadata)
+
+    assert register("s1", {"dept": "legal"}).version.metadata == {"dept": "legal"}
+    assert not register("s1", {"dept": "other"}).created  # the same bytes: the head keeps its metadata
+    catalog.claim_versions(tenant)
+    catalog.commit_versions([(doc, 1, 1)])
+    assert register("s2").version.metadata == {"dept": "legal"}  # none given: the predecessor's
+    assert catalog.set_metadata(doc, {"dept": "hr"}) == [1, 2]  # shown and head
+    assert register("s3", {}).version.metadata == {}  # an empty object clears it
+    assert [v.metadata for v in catalog.list_versions(doc)] == [{"dept": "hr"}, {"dept": "hr"}, {}]
+    assert [(h["version"], h["source"]) for h in catalog.metadata_history(doc)] == [
+        (1, "upload"), (2, "inherited"), (1, "patch"), (2, "patch")]
+    catalog.record_properties([(doc, 1, {"title": "M"})])
+    assert catalog.list_versions(doc)[0].properties == {"title": "M"}
+    catalog.mark_deleted(doc)
+    with pytest.raises(CatalogConflict, match="deleted"):
+        catalog.set_metadata(doc, {"dept": "x"})
+    with pytest.raises(CatalogConflict, match="not_found"):
+        catalog.set_metadata(document_id(tenant, "none.md"), {"dept": "x"})
+    assert register("s4").version.metadata == {}  # a deleted document's metadata does not come back

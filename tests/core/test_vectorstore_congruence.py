@@ -213,3 +213,85 @@ def test_a_missing_collection_answers_empty(tmp_path):
         assert s.query(request) == []
         with pytest.raises(CollectionNotFoundError):
             s.backend.upsert(s.collection, _corpus()[:1])
+
+
+def _with_fields(store: VectorStore) -> None:
+    """Give the corpus user metadata and properties: d1 (both versions) legal, d2 hr, g1 (another tenant) legal."""
+    from core.metadata import validate_metadata
+
+    fields = {
+        "d1": ({"dept": "legal", "tags": ["q1", "audit"], "year": 2024, "reviewed": True, "score": 0.5},
+               {"page_count": 3, "created": "2024-02-01T00:00:00+00:00", "language": "en", "title": "Plan"}),
+        "d2": ({"dept": "hr", "year": "2024", "reviewed": False, "score": 2},
+               {"page_count": 12, "created": "2023-05-01T00:00:00+00:00", "language": "de"}),
+        "g1": ({"dept": "legal"}, {"page_count": 3, "language": "en"}),
+    }
+    for doc, (metadata, properties) in fields.items():
+        store.set_payload(models.Filter(must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=doc))]),
+                          {"metadata": validate_metadata(metadata), "properties": properties})
+
+
+@pytest.mark.parametrize(
+    "metadata, properties, expected",
+    [
+        ({"dept": "legal"}, None, {"d1"}),
+        ({"dept": ["legal", "hr"]}, None, {"d1", "d2"}),
+        ({"tags": "audit"}, None, {"d1"}),
+        ({"tags": ["nope", "q1"]}, None, {"d1"}),
+        ({"year": 2024}, None, {"d1"}),
+        ({"year": "2024"}, None, {"d2"}),
+        ({"year": [2024, "2024"]}, None, {"d1", "d2"}),
+        ({"reviewed": False}, None, {"d2"}),
+        ({"score": 0.5}, None, {"d1"}),
+        ({"score": 2.0}, None, {"d2"}),
+        ({"dept": "legal", "reviewed": False}, None, set()),
+        ({"missing": "x"}, None, set()),
+        (None, {"page_count": {"gte": 5}}, {"d2"}),
+        (None, {"page_count": {"gt": 2, "lte": 3}}, {"d1"}),
+        (None, {"page_count": 12}, {"d2"}),
+        (None, {"created": {"gte": "2024-01-01", "lt": "2025-01-01"}}, {"d1"}),
+        (None, {"language": ["de", "fr"]}, {"d2"}),
+        (None, {"title": "Plan"}, {"d1"}),
+        ({"dept": "legal"}, {"language": "en"}, {"d1"}),
+    ],
+)
+def test_metadata_and_property_filters_match_alike_on_every_backend(pair, metadata, properties, expected):
+    from core.metadata import validate_metadata_filter, validate_property_filter
+
+    extra = search_conditions(metadata=validate_metadata_filter(metadata) if metadata else None,
+                              properties=validate_property_filter(properties) if properties else None)
+    for kind, s in pair.items():
+        _with_fields(s)
+        s.ensure_indexes({"metadata.dept": models.PayloadSchemaType.KEYWORD, "metadata.tags": models.PayloadSchemaType.KEYWORD})
+        found = {p.payload["document_id"] for p in s.scroll(tenant_filter("acme", extra=extra))}
+        assert found == expected, kind
+        hits = s.query(build_query("acme", SearchRequest(query="x", mode="dense"), dense=[1.0, 0.0, 1.0, 1.0],
+                                   sparse=None).model_copy(update={"filter": tenant_filter("acme", extra=extra)}))
+        assert {p.payload["document_id"] for p in hits} == expected, kind
+
+
+def test_set_metadata_replaces_the_whole_object_of_the_versions_named_only(store):
+    _with_fields(store)
+    store.set_metadata("d1", [2], {"dept": "finance"})
+    by_version = {p.payload["version"]: p.payload["metadata"] for p in store.scroll(version_filter("d1", 1))}
+    by_version |= {p.payload["version"]: p.payload["metadata"] for p in store.scroll(version_filter("d1", 2))}
+    assert by_version[2] == {"dept": "finance"}  # replaced whole: the old keys are gone
+    assert by_version[1]["dept"] == "legal"  # an older version keeps its own
+
+
+def _keeps_indexes(store: VectorStore) -> bool:
+    """qdrant-client's local mode keeps no payload index (it scans); Edge and a server do."""
+    return not isinstance(getattr(store.backend, "client", None), QdrantClient) or bool(
+        store.backend.client.get_collection(store.collection).payload_schema)
+
+
+def test_payload_indexes_cover_properties_and_the_metadata_keys_written(store):
+    if not _keeps_indexes(store):
+        pytest.skip("qdrant-client's local mode keeps no payload index")
+    assert {"tenant", "properties.page_count", "properties.language"} <= store.backend.indexes(store.collection)
+    store.set_metadata("d1", [2], {"dept": "finance", "year": 2024})
+    fields = store.backend.indexes(store.collection)
+    assert "metadata.dept" in fields and "metadata.year" not in fields  # numbers match without an index
+    fresh = VectorStore(store.settings, backend=store.backend)  # a new instance learns what exists
+    assert fresh.ensure_indexes({"properties.page_count": models.PayloadSchemaType.INTEGER,
+                                 "metadata.dept": models.PayloadSchemaType.KEYWORD}) == []

@@ -248,3 +248,33 @@ def test_pools_are_sized_per_modality():
     gpu = Resources.from_cluster({"CPU": 16, "GPU": 2}, Settings(asr_model="x", image_model="y"))
     assert (gpu.embed_actors, gpu.image_actors, gpu.audio_actors) == (2, 2, 2)
     assert gpu.embed_gpus + gpu.image_gpus + gpu.audio_gpus <= 1.0 and gpu.image_gpus > 0
+
+
+def test_every_modality_records_what_its_file_says_in_the_catalog_and_the_payload(mixed):
+    """The properties of the example recording, screenshot, PDF and Markdown file, through the real ingest."""
+    import soundfile
+
+    from core.catalog import Catalog
+    from pipelines.extract.language import language_of
+
+    settings, *_ = mixed
+    info = soundfile.info(str(EXAMPLES / SPEECH[0]))
+    segments = _points(settings, SPEECH[0])
+    # The tiny test Whisper writes arbitrary words: the language is whatever the detector makes of them.
+    spoken = language_of(" ".join(p.payload["text"] for p in segments))
+    expected = {
+        SPEECH[0]: {"duration_s": pytest.approx(info.frames / info.samplerate, abs=0.01),
+                    "sample_rate": info.samplerate, "channels": info.channels, **({"language": spoken} if spoken else {})},
+        ADD_ONE: {"width": 3013, "height": 1561},
+        "pdf/shared-mime-info-spec.pdf": {"page_count": 17, "created": "2022-04-29T17:19:08+00:00", "language": "en"},
+        "docs/fastapi.md": {"language": "en"},  # no level-one heading, no front matter: no title is invented
+    }
+    catalog = Catalog(settings)
+    for path, props in expected.items():
+        points = _points(settings, path)
+        assert points and all(p.payload["properties"] == props for p in points), (path, points[0].payload["properties"])
+        (version,) = catalog.list_versions(document_id(TENANT, path))
+        assert version.properties == props, path
+    (music,) = _points(settings, NO_SPEECH)
+    assert music.payload["properties"] == {"duration_s": pytest.approx(0.3, abs=0.01), "sample_rate": 11025,
+                                           "channels": 2}
