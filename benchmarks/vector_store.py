@@ -55,7 +55,7 @@ class Synthetic:
         self.rng = np.random.default_rng(seed)
         self.centres = self.rng.standard_normal((2000, DIM)).astype(np.float32)
         zipf = 1.0 / np.arange(1, VOCAB + 1) ** 1.05
-        self.term_p = zipf / zipf.sum()
+        self.term_cdf = np.cumsum(zipf / zipf.sum())
 
     def dense(self, n: int) -> np.ndarray:
         c = self.centres[self.rng.integers(0, len(self.centres), n)]
@@ -63,8 +63,17 @@ class Synthetic:
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     def sparse(self) -> tuple[list[int], list[float]]:
-        terms = np.unique(self.rng.choice(VOCAB, size=int(self.rng.integers(12, 40)), p=self.term_p))
-        return terms.tolist(), (1.0 + self.rng.random(len(terms))).astype(np.float32).tolist()
+        return self.sparse_many(1)[0]
+
+    def sparse_many(self, n: int) -> list[tuple[list[int], list[float]]]:
+        """``n`` sparse vectors of 12 to 39 Zipf-drawn terms (inverse-CDF sampling: a million points take seconds)."""
+        lengths = self.rng.integers(12, 40, n)
+        draws = np.minimum(np.searchsorted(self.term_cdf, self.rng.random(int(lengths.sum()))), VOCAB - 1)
+        out = []
+        for chunk in np.split(draws, np.cumsum(lengths)[:-1]):
+            terms = np.unique(chunk)
+            out.append((terms.tolist(), (1.0 + self.rng.random(len(terms))).astype(np.float32).tolist()))
+        return out
 
     def points(self, start: int, n: int):
         from qdrant_client import models
@@ -72,9 +81,8 @@ class Synthetic:
         vectors = self.dense(n)
         tenants = _tenant_sizes(n, self.rng)
         out = []
-        for k in range(n):
+        for k, (idx, val) in enumerate(self.sparse_many(n)):
             i = start + k
-            idx, val = self.sparse()
             doc = f"doc-{i // 20}"
             out.append(models.PointStruct.model_construct(
                 id=str(uuid.UUID(int=i + 1)),
@@ -120,7 +128,7 @@ def measure(store, data: Synthetic, size: int, queries: int, *, optimize: bool) 
     qrng = np.random.default_rng(99)
     qvecs = data.dense(queries)
     tenants = [f"tenant-{t}" for t in _tenant_sizes(queries, qrng)]
-    sparse = [data.sparse() for _ in range(queries)]
+    sparse = data.sparse_many(queries)
     timings = {}
     for mode in ("hybrid", "dense", "sparse"):
         req = SearchRequest(query="q", mode=mode, top_k=10)
