@@ -27,6 +27,7 @@ from qdrant_client import models
 
 from core.errors import CollectionNotFoundError, ConfigurationError, ServiceUnavailableError
 from core.vectorstore import edge_translate as tr
+from core.vectorstore.backend import PagedQueries
 from core.vectorstore.schema import INDEXED_FIELDS, TENANT_FIELD, CollectionInfo, CollectionSpec
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _failure(what: str, folder: Path, exc: Exception) -> Exception:
     return ServiceUnavailableError("qdrant", f"embedded store {folder}: {what} failed: {text}")
 
 
-class EdgeBackend:
+class EdgeBackend(PagedQueries):
     """The collections of one storage folder, each an open ``EdgeShard``.
 
     Args:

@@ -186,6 +186,18 @@ def _range_condition(key: str, bounds: dict[str, Any]) -> models.FieldCondition:
     return models.FieldCondition(key=key, range=models.Range(**bounds))
 
 
+#: Payload fields every candidate of a ranking carries: the version fence needs ``document_id`` and ``version``,
+#: the search's tenant check ``tenant``.
+RANKING_FIELDS = ("tenant", "document_id", "version")
+
+
+def ranked_page(points: Sequence[Any], offset: int, limit: int) -> list[Any]:
+    """The page ``[offset, offset + limit)`` of a ranking: one version per document (:func:`one_version_per_document`),
+    equal scores ordered by point id (an engine orders ties as its segments come, which differs between calls)."""
+    kept = one_version_per_document(points)
+    return sorted(kept, key=lambda p: (-float(p.score), str(p.id)))[offset : offset + limit]
+
+
 def one_version_per_document(points: Sequence[Any]) -> list[Any]:
     """Keep, for each document, only the points of the highest version among ``points`` (order preserved).
 

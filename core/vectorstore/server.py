@@ -15,6 +15,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from core.errors import CollectionNotFoundError, ServiceUnavailableError
+from core.vectorstore.backend import PagedQueries
 from core.vectorstore.schema import INDEXED_FIELDS, TENANT_FIELD, CollectionInfo, CollectionSpec
 
 
@@ -24,7 +25,7 @@ def _sparse(v: Any) -> Any:
     return v
 
 
-class QdrantClientBackend:
+class QdrantClientBackend(PagedQueries):
     """The collections of a Qdrant server (or of any ``QdrantClient``).
 
     Args:

@@ -361,6 +361,18 @@ class VectorStore:
             return [[] for _ in requests]
         return [schema.one_version_per_document(points) for points in answers]
 
+    def query_pages(self, requests: Sequence[models.QueryRequest], pages: Sequence[tuple[int, int]]
+                    ) -> list[list[models.ScoredPoint]]:
+        """Several requests in one call, each answered with one page ``(offset, limit)`` of its ranking: one version
+        per document (the fence of :meth:`query_batch`), equal scores ordered by point id, full payloads read for
+        the page only (``core.vectorstore.backend``)."""
+        if not requests:
+            return []
+        try:
+            return self.backend.query_pages(self.collection, list(requests), [(int(o), int(n)) for o, n in pages])
+        except CollectionNotFoundError:
+            return [[] for _ in requests]
+
     def check(self) -> None:
         """Fail fast when the store cannot be reached (raises ``ServiceUnavailableError``)."""
         try:

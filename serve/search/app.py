@@ -68,17 +68,25 @@ class Searcher:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
-        """Embeds the query texts of concurrent searches in one model call (cached ones come from Redis)."""
-        vectors = await asyncio.to_thread(self.engine.embed_queries, texts)
+        """Embeds the query texts of concurrent searches in one model call (texts found missing from the cache)."""
+        vectors = await asyncio.to_thread(self.engine.embed_queries, texts, look_up=False)
         return [v for v in vectors]
+
+    def _prepare(self, tenant: str, req: SearchRequest) -> tuple[str | None, dict[str, Any] | None, Any]:
+        """The answer cache's key and hit, and the query's cached embedding: one thread hop for both lookups."""
+        key, hit = self.engine.lookup(tenant, req)
+        if hit is not None or not self.engine.needs_dense(req):
+            return key, hit, None
+        return key, None, self.engine.cached_embedding(req.query)
 
     async def _search(self, tenant: str, req: SearchRequest) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            key, hit = await asyncio.to_thread(self.engine.lookup, tenant, req)
+            key, hit, dense = await asyncio.to_thread(self._prepare, tenant, req)
             if hit is not None:
                 return hit
-            dense = await self._embed_batch(req.query) if self.engine.needs_dense(req) else None
+            if dense is None and self.engine.needs_dense(req):  # only a query not cached waits for a batch
+                dense = await self._embed_batch(req.query)
             return await asyncio.to_thread(self.engine.run, tenant, req, dense=dense, key=key, started=started)
         except ServiceUnavailableError as exc:
             logger.error("search failed: %s", exc)

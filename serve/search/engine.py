@@ -27,7 +27,7 @@ from core.cache import Cache
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from core.vectorstore import VectorStore
-from serve.search.query import DEFAULT_FUSION, IMAGE_VECTOR, SearchRequest, build_query, page
+from serve.search.query import DEFAULT_FUSION, IMAGE_VECTOR, SearchRequest, build_query
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +166,12 @@ class SearchEngine:
         """The answer's cache key and the cached answer (``cached: true``), if any.
 
         Returns:
-            ``(key, answer)``: ``key`` is ``None`` when Redis is down (the answer is then neither read nor written);
-            ``answer`` is ``None`` on a miss.
+            ``(key, answer)``: ``key`` is ``None`` when Redis is down or answers are not cached
+            (``search_cache_ttl_s=0``: Redis is then not asked at all); ``answer`` is ``None`` on a miss.
         """
         started = time.perf_counter()
+        if self.settings.search_cache_ttl_s <= 0:
+            return None, None
         generation = self.cache.generation()
         if generation is None:
             return None, None
@@ -185,16 +187,21 @@ class SearchEngine:
         """Whether the request has a dense text leg."""
         return req.mode in ("dense", "hybrid")
 
-    def embed_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+    def cached_embedding(self, text: str) -> np.ndarray | None:
+        """The query's embedding from Redis, or ``None`` (not cached, or Redis down)."""
+        return self.cache.get_embeddings(self.model_key, [text])[0]
+
+    def embed_queries(self, texts: Sequence[str], *, look_up: bool = True) -> list[np.ndarray]:
         """The text model's embeddings of queries: cached ones from Redis, the rest in one model call.
 
         Args:
             texts: query texts (repeats are encoded once).
+            look_up: read the cache first (``False``: the caller just found these texts missing).
 
         Returns:
             One ``float32`` vector of shape ``(dim,)`` per text, in order.
         """
-        cached = self.cache.get_embeddings(self.model_key, texts)
+        cached = self.cache.get_embeddings(self.model_key, texts) if look_up else [None] * len(texts)
         missing = sorted({t for t, v in zip(texts, cached) if v is None})
         if missing:
             with self._encode_lock:
@@ -277,10 +284,11 @@ class SearchEngine:
         started = time.perf_counter() if started is None else started
         requests = [self.request(tenant, req, d) for req, d in zip(reqs, dense)]
         wanted = [r for r in requests if r is not None]
-        answers = iter(self.store.query_batch(wanted) if wanted else [])
+        pages = [(req.offset, req.top_k) for req, r in zip(reqs, requests) if r is not None]
+        answers = iter(self.store.query_pages(wanted, pages) if wanted else [])
         out = []
         for req, request, key in zip(reqs, requests, keys):
-            points = page(req, next(answers)) if request is not None else []
+            points = next(answers) if request is not None else []
             results = []
             for point in points:
                 if (point.payload or {}).get("tenant") != tenant:

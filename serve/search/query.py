@@ -13,10 +13,11 @@ Clarke and Büttcher, SIGIR 2009: ``score(d) = sum over legs of 1 / (k + rank(d)
 or ``FusionQuery(fusion=Fusion.DBSF)`` (Distribution-Based Score Fusion: each leg's scores are normalised by their
 mean ± 3 standard deviations, then summed). One leg alone is queried directly, without fusion.
 
-Pagination: the store returns the first ``max(MIN_PREFETCH, top_k + offset)`` of the ranking (each prefetch as
-many candidates), and :func:`page` cuts the page out of it after ordering ties by point id, so every page is a slice
-of one deterministic ranking as long as ``top_k + offset <= MIN_PREFETCH`` (an engine orders equal scores as its
-segments come, which differs between calls of different limits). Deeper pages fuse deeper candidate lists, and fusion may then reorder results
+Pagination: the store ranks the first ``max(MIN_PREFETCH, top_k + offset)`` of the ranking (each prefetch as
+many candidates) and cuts the page out of it after ordering ties by point id, reading full payloads for the page
+only (``VectorStore.query_pages``), so every page is a slice of one deterministic ranking as long as
+``top_k + offset <= MIN_PREFETCH`` (an engine orders equal scores as its segments come, which differs between calls
+of different limits). Deeper pages fuse deeper candidate lists, and fusion may then reorder results
 near the page boundary (a fused score depends on how deep each leg was read).
 """
 
@@ -188,7 +189,7 @@ def build_query(
     Returns:
         ``None`` when no leg is left (a sparse query made only of stop words); else one leg queried directly with
         the filter, or several legs (``prefetch``, each with the filter) fused by RRF or DBSF; ``limit`` is the
-        ranking's depth (:func:`page` cuts the request's page from it) and ``with_payload`` is set.
+        ranking's depth (``VectorStore.query_pages`` cuts the request's page from it) and ``with_payload`` is set.
     """
     flt = build_filter(tenant, req)
     depth = prefetch_limit(req)
@@ -213,8 +214,3 @@ def build_query(
         fusion = models.FusionQuery(fusion=models.Fusion.DBSF)
     return models.QueryRequest(prefetch=legs, query=fusion, **page)
 
-
-def page(req: SearchRequest, points: list) -> list:
-    """The request's page of a ranking: ties ordered by point id, then ``offset`` skipped and ``top_k`` kept."""
-    ranked = sorted(points, key=lambda p: (-float(p.score), str(p.id)))
-    return ranked[req.offset : req.offset + req.top_k]

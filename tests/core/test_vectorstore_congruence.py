@@ -295,3 +295,22 @@ def test_payload_indexes_cover_properties_and_the_metadata_keys_written(store):
     fresh = VectorStore(store.settings, backend=store.backend)  # a new instance learns what exists
     assert fresh.ensure_indexes({"properties.page_count": models.PayloadSchemaType.INTEGER,
                                  "metadata.dept": models.PayloadSchemaType.KEYWORD}) == []
+
+
+def test_pages_are_slices_of_one_ranking_with_full_payloads(pair):
+    from core.vectorstore.schema import ranked_page
+
+    request = build_query("acme", SearchRequest(query="x", mode="hybrid", top_k=3), dense=[1.0, 0.0, 1.0, 1.0],
+                          sparse=([1, 2], [1.0, 1.0]))
+    orders = {}
+    for kind, s in pair.items():
+        full = ranked_page(s.query(request), 0, 100)
+        pages = s.query_pages([request] * 3, [(0, 4), (4, 4), (8, 4)])
+        assert [str(p.id) for page in pages for p in page] == [str(p.id) for p in full[:12]], kind
+        by_id = {str(p.id): p for p in full}
+        for p in (p for page in pages for p in page):
+            assert p.payload == by_id[str(p.id)].payload and "text" in p.payload, kind
+            assert round(p.score, 4) == round(by_id[str(p.id)].score, 4)
+        orders[kind] = _scored(p for page in pages for p in page)
+    assert len({tuple(o) for o in orders.values()}) == 1  # every backend pages the same ranking
+    assert pair["edge"].query_pages([], []) == []

@@ -170,8 +170,8 @@ def test_the_fused_list_is_checked_against_the_tenant(store, text_encoder, caplo
     """A point of another tenant that reached the fused list (a store bug) is dropped and logged."""
 
     class LeakyStore(VectorStore):
-        def query_batch(self, requests):
-            answers = super().query_batch(requests)
+        def query_pages(self, requests, pages):
+            answers = super().query_pages(requests, pages)
             foreign = next(iter(store.scroll(models.Filter(must=[
                 models.FieldCondition(key="tenant", match=models.MatchValue(value="globex"))]))))
             return [[models.ScoredPoint(id=foreign.id, version=0, score=99.0, payload=foreign.payload), *points]
