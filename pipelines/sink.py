@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,15 +37,18 @@ class VersionOutcome:
         written: points written. chunk_count: chunks the prepare stage made (the target).
         error: ``(stage, reason, detail)`` when the version failed before the sink, else ``None``.
         properties: what the file says of itself (``core.metadata.PROPERTY_FIELDS``), as the rows carried it.
+        write_s: seconds the sink spent writing this version's points (each batch's time shared by its points).
     """
 
     written: int = 0
     chunk_count: int = 0
     error: tuple[str, str, str] | None = None
     properties: dict | None = None
+    write_s: float = 0.0
 
     def merge(self, other: "VersionOutcome") -> None:
         self.written += other.written
+        self.write_s += other.write_s
         self.chunk_count = max(self.chunk_count, other.chunk_count)
         self.error = self.error or other.error
         if other.properties is not None:  # every row of a version carries the same properties
@@ -195,9 +199,12 @@ class QdrantDatasink(Datasink[dict]):
                         outcome.properties = decode(str(columns[C.PROPERTIES][i]))
             points, keys = to_points(columns, self.shown)
             for start in range(0, len(points), batch):
+                started = time.perf_counter()
                 store.upsert(points[start : start + batch])
+                share = (time.perf_counter() - started) / len(points[start : start + batch])
                 for key in keys[start : start + batch]:
                     outcomes[key].written += 1
+                    outcomes[key].write_s += share
         return outcomes
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:

@@ -53,6 +53,7 @@ def test_rows_become_points_and_errors_become_outcomes():
     assert outcomes[("d1", 1)].written == 2 and outcomes[("d1", 1)].chunk_count == 2
     assert outcomes[("d1", 1)].error is None
     assert outcomes[("d2", 3)].written == 0 and outcomes[("d2", 3)].error == ("extract", "pdf_corrupt", "not a PDF")
+    assert outcomes[("d1", 1)].write_s > 0 and outcomes[("d2", 3)].write_s == 0  # the write time, where it went
     records = sorted(store.scroll(with_vectors=True), key=lambda r: r.payload["chunk_index"])
     assert [str(r.id) for r in records] == [point_id("d1", 1, "text", 0), point_id("d1", 1, "text", 1)]
     first = records[0]
