@@ -2,14 +2,16 @@
 
 Points: 384-d dense vectors (unit length, drawn around 2,000 topic centres so that neighbours exist), BM25-like
 sparse vectors (12 to 40 terms of a Zipf-distributed 30,000-term vocabulary), 100 tenants of Zipf-distributed sizes,
-and Sluice's payload (tenant, document_id, version, is_latest, path, dirs, modality, chunk_index, text). For each
+and Sluice's payload (tenant, document_id, version, is_latest, path, dirs, modality, chunk_index, text, metadata
+``dept`` of 10 values and properties ``page_count``). For each
 size it measures, in this one process (``EdgeBackend`` as the owner actor holds it, through ``VectorStore``):
 
 * ``upsert_points_per_s``: writes in batches of 256 (``write_batch_size``), payload indexes in place;
 * ``optimize_s``: building the HNSW graphs afterwards (off the query path in service);
 * ``hybrid_p50_ms``/``p99``: the search app's own request (``serve.search.query.build_query``: dense and BM25 legs,
   each tenant-filtered, BM25 IDF scoped to the tenant, fused by DBSF, payload returned), one query at a time;
-* ``dense_p50_ms``, ``sparse_p50_ms``; ``recall_at_10``: HNSW answers against exact search on tenant-filtered
+* ``dense_p50_ms``, ``sparse_p50_ms``; ``hybrid_filtered_p50_ms`` (a metadata and a property filter on every leg);
+  ``recall_at_10``: HNSW answers against exact search on tenant-filtered
   dense queries; ``rss_mb`` (the process) and ``disk_mb`` (the folder).
 
 Beside it, in the same run, qdrant-client local mode (the first embedded store) at ``--legacy-size`` points.
@@ -89,7 +91,8 @@ class Synthetic:
                 vector={"text": vectors[k].tolist(), "bm25": models.SparseVector.model_construct(indices=idx, values=val)},
                 payload={"tenant": f"tenant-{tenants[k]}", "document_id": doc, "version": 1, "is_latest": True,
                          "path": f"folder-{i % 50}/{doc}.md", "dirs": [f"folder-{i % 50}"], "modality": "text",
-                         "chunk_index": i % 20, "text": f"chunk {i} of {doc}"}))
+                         "chunk_index": i % 20, "text": f"chunk {i} of {doc}",
+                         "metadata": {"dept": f"dept-{(i // 20) % 10}"}, "properties": {"page_count": (i // 20) % 30}}))
         return out
 
 
@@ -109,6 +112,7 @@ def measure(store, data: Synthetic, size: int, queries: int, *, optimize: bool) 
     from serve.search.query import SearchRequest, build_query
 
     store.ensure_collection(DIM)
+    store.ensure_indexes({"metadata.dept": models.PayloadSchemaType.KEYWORD})  # as the ingest driver makes it
     written, spent = 0, 0.0
     while written < size:
         n = min(BATCH * 40, size - written)
@@ -130,8 +134,9 @@ def measure(store, data: Synthetic, size: int, queries: int, *, optimize: bool) 
     tenants = [f"tenant-{t}" for t in _tenant_sizes(queries, qrng)]
     sparse = data.sparse_many(queries)
     timings = {}
-    for mode in ("hybrid", "dense", "sparse"):
-        req = SearchRequest(query="q", mode=mode, top_k=10)
+    filtered = {"metadata": {"dept": "dept-3"}, "properties": {"page_count": {"gte": 10}}}
+    for mode, filters in (("hybrid", None), ("dense", None), ("sparse", None), ("hybrid_filtered", filtered)):
+        req = SearchRequest(query="q", mode=mode.split("_")[0], top_k=10, filters=filters)
         requests = [build_query(t, req, dense=v.tolist() if mode != "sparse" else None,
                                 sparse=(s[0][:6], s[1][:6]) if mode != "dense" else None)
                     for t, v, s in zip(tenants, qvecs, sparse)]
@@ -146,6 +151,8 @@ def measure(store, data: Synthetic, size: int, queries: int, *, optimize: bool) 
     result["hybrid_p99_ms"] = round(percentile(timings["hybrid"], 99), 3)
     result["dense_p50_ms"] = round(percentile(timings["dense"], 50), 3)
     result["sparse_p50_ms"] = round(percentile(timings["sparse"], 50), 3)
+    # Hybrid with a metadata and a property filter on every leg (README, "Document metadata").
+    result["hybrid_filtered_p50_ms"] = round(percentile(timings["hybrid_filtered"], 50), 3)
     hits = total = 0
     for t, v in list(zip(tenants, qvecs))[: min(100, queries)]:
         flt = models.Filter(must=[models.FieldCondition(key="tenant", match=models.MatchValue(value=t)),
