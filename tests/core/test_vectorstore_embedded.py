@@ -139,3 +139,26 @@ def test_the_migration_job_reports_and_is_idempotent(ray_local, tmp_path, monkey
     assert main([]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["collections"] == {}
     assert VectorStore(_settings(tmp_path)).count() == 300
+
+
+def test_a_collection_made_before_the_segment_cap_gets_it_when_opened(tmp_path):
+    """Without the cap every ingest rebuilt the one big segment while the GIL-holding build stalled searches."""
+    import qdrant_edge as qe
+
+    from core.vectorstore.edge import MAX_SEGMENT_KB
+
+    folder = tmp_path / "store" / "edge" / "old"
+    folder.parent.mkdir(parents=True)
+    old = qe.EdgeShard.create(str(folder), qe.EdgeConfig(
+        vectors={"text": qe.EdgeVectorParams(size=4, distance=qe.Distance.Cosine)},
+        sparse_vectors={"bm25": qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, max_indexing_threads=1)))
+    old.close()
+    (folder / "sluice_spec.json").write_text(json.dumps({"dense": {"text": 4}, "sparse": ["bm25"]}))
+    assert (json.loads((folder / "edge_config.json").read_text()).get("optimizers") or {}).get("max_segment_size") is None
+
+    backend = EdgeBackend(tmp_path / "store")
+    assert backend.count("old", None) == 0
+    backend.close()
+    stored = json.loads((folder / "edge_config.json").read_text())
+    assert stored["optimizers"]["max_segment_size"] == MAX_SEGMENT_KB
