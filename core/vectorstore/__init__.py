@@ -2,7 +2,8 @@
 
 ``core.vectorstore.store`` has the operations; ``schema`` the payload fields and the filters built on them;
 ``edge`` (Qdrant Edge, embedded, owned by the actor of ``owner``) and ``server`` (a Qdrant server through
-qdrant-client) the backends; ``legacy`` recognises the first embedded store's layout.
+qdrant-client) the backends, and ``backend`` what they share (a ranking's page cut where the points are); ``legacy``
+recognises the first embedded store's layout.
 """
 
 from core.vectorstore.schema import (
