@@ -10,7 +10,7 @@ Usage (from the repository root)::
     python -m cluster.kuberay.render rayservice       # print one manifest
 
 Configuration reaches the pods as environment variables from the Kubernetes Secret ``sluice-config`` (every
-``SLUICE_*`` of docs/ARCHITECTURE.md "Configuration"; create it with ``kubectl create secret generic sluice-config
+``SLUICE_*`` of README "Configuration"; create it with ``kubectl create secret generic sluice-config
 --from-env-file=...``). Field names follow the KubeRay ``ray.io/v1`` CRDs (RayService: ``serveConfigV2``,
 ``rayClusterConfig``; RayJob: ``entrypoint``, ``shutdownAfterJobFinishes``; https://docs.ray.io/en/latest/cluster/
 kubernetes/getting-started/rayservice-quick-start.html and .../rayjob-quick-start.html).
