@@ -25,7 +25,7 @@ from datetime import datetime
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource
-from minio.datatypes import Object, Part
+from minio.datatypes import Part
 from minio.error import S3Error, ServerError
 
 from core.errors import ServiceUnavailableError
@@ -236,34 +236,19 @@ class ObjectStore:
 
         return self._call(read)
 
-    def _head(self, key: str) -> Object:
-        """The object's HEAD answer (minio's ``Object``); ``KeyError`` when there is no such object."""
-        try:
-            return self._call(self.client.stat_object, self.bucket, key)
-        except S3Error as exc:
-            if exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}:
-                raise KeyError(key) from exc
-            raise
-
     def stat(self, key: str) -> ObjectInfo:
         """Size and ETag of one object.
 
         Raises:
             KeyError: no such object.
         """
-        st = self._head(key)
+        try:
+            st = self._call(self.client.stat_object, self.bucket, key)
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}:
+                raise KeyError(key) from exc
+            raise
         return ObjectInfo(key=key, size=int(st.size or 0), etag=(st.etag or "").strip('"'), last_modified=st.last_modified)
-
-    def user_metadata(self, key: str) -> dict[str, str]:
-        """The object's S3 user metadata: ``{name: value}`` of its ``x-amz-meta-<name>`` headers (names lower-case).
-
-        Raises:
-            KeyError: no such object.
-        """
-        st = self._head(key)
-        prefix = "x-amz-meta-"
-        return {name.lower()[len(prefix):]: str(value) for name, value in (st.metadata or {}).items()
-                if name.lower().startswith(prefix)}
 
     def sha256(self, key: str) -> tuple[str, int]:
         """Stream an object and hash it.
@@ -271,19 +256,32 @@ class ObjectStore:
         Returns:
             ``(hex SHA-256, size in bytes)`` of the stored bytes.
         """
+        sha, size, _ = self.sha256_and_metadata(key)
+        return sha, size
 
-        def digest() -> tuple[str, int]:
+    def sha256_and_metadata(self, key: str) -> tuple[str, int, dict[str, str]]:
+        """Stream an object and hash it; its S3 user metadata comes from the same GET's headers.
+
+        Returns:
+            ``(hex SHA-256, size in bytes, {name: value})``: the user metadata are the object's
+            ``x-amz-meta-<name>`` headers (names lower-case).
+        """
+
+        def digest() -> tuple[str, int, dict[str, str]]:
             h = hashlib.sha256()
             size = 0
             response = self.client.get_object(self.bucket, key)
             try:
+                prefix = "x-amz-meta-"
+                metadata = {name.lower()[len(prefix):]: str(value) for name, value in response.headers.items()
+                            if name.lower().startswith(prefix)}
                 for block in response.stream(READ_CHUNK_BYTES):
                     h.update(block)
                     size += len(block)
             finally:
                 response.close()
                 response.release_conn()
-            return h.hexdigest(), size
+            return h.hexdigest(), size, metadata
 
         return self._call(digest)
 

@@ -107,9 +107,9 @@ def scan_objects(objects: ObjectStore, catalog: Catalog, *, tenant: str | None, 
 
     def register(item: tuple[str, str, ObjectInfo]) -> bool:
         t, path, info = item
-        sha, size = objects.sha256(info.key)
+        sha, size, headers = objects.sha256_and_metadata(info.key)  # one GET: the bytes and the user metadata
         content_type = mimetypes.guess_type(path)[0] or ""
-        metadata, refused = from_s3_user_metadata(objects.user_metadata(info.key))
+        metadata, refused = from_s3_user_metadata(headers)
         for reason in refused:
             logger.warning("object %r: S3 user metadata left out: %s", info.key, reason)
         result = catalog.register_version(

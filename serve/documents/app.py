@@ -31,6 +31,7 @@ from core.catalog import Catalog, CatalogConflict
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from core.types import Document, Version
+from core.vectorstore import VectorStore
 from serve.http import ApiError, checked_metadata, install_common_handlers, read_json_body, tenant_of
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class DocumentsAPI:
     def __init__(self, settings_overrides: dict[str, Any] | None = None) -> None:
         self.settings = Settings(**(settings_overrides or {}))
         self.catalog = Catalog(self.settings)
+        self.store = VectorStore(self.settings)  # one per replica: its backend and known payload indexes are kept
 
     def _document(self, request: Request, document_id: str) -> "Document":
         tenant = tenant_of(request)
@@ -129,7 +131,7 @@ class DocumentsAPI:
         await self._call(self._document, request, document_id)
         try:
             versions = await self._call(lifecycle.replace_metadata, self.settings, document_id, metadata,
-                                        catalog=self.catalog)
+                                        catalog=self.catalog, store=self.store)
         except CatalogConflict as exc:
             raise ApiError(_CONFLICT_STATUS.get(exc.code, 409), exc.code, exc.detail) from exc
         return JSONResponse({"document_id": document_id, "metadata": metadata, "versions": versions})
@@ -147,7 +149,8 @@ class DocumentsAPI:
         """Make a retained version the searchable one again (no re-embedding)."""
         await self._call(self._document, request, document_id)
         try:
-            doc = await self._call(lifecycle.restore_version, self.settings, document_id, version, catalog=self.catalog)
+            doc = await self._call(lifecycle.restore_version, self.settings, document_id, version, catalog=self.catalog,
+                                   store=self.store)
         except CatalogConflict as exc:
             raise ApiError(_CONFLICT_STATUS.get(exc.code, 409), exc.code, exc.detail) from exc
         return JSONResponse({"document_id": doc.document_id, "path": doc.path, "latest_version": doc.latest_version})
@@ -156,7 +159,7 @@ class DocumentsAPI:
     async def delete(self, document_id: str, request: Request) -> Response:
         """Delete the document: points of every version, cache, and the objects when ``delete_objects``."""
         await self._call(self._document, request, document_id)
-        await self._call(lifecycle.delete_document, self.settings, document_id, catalog=self.catalog)
+        await self._call(lifecycle.delete_document, self.settings, document_id, catalog=self.catalog, store=self.store)
         return Response(status_code=204)
 
     @api.get("/dead-letters")
