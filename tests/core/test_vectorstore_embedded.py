@@ -162,3 +162,35 @@ def test_a_collection_made_before_the_segment_cap_gets_it_when_opened(tmp_path):
     backend.close()
     stored = json.loads((folder / "edge_config.json").read_text())
     assert stored["optimizers"]["max_segment_size"] == MAX_SEGMENT_KB
+
+
+def test_a_segments_worth_of_writes_starts_a_build_so_one_big_ingest_leaves_capped_segments(tmp_path, monkeypatch):
+    """New points fill one appendable segment that the optimiser indexes whole, cap or no cap: without a build per
+    segment's worth, a million-point ingest made one million-point HNSW build (over 80 minutes, owner stalled)."""
+    import core.vectorstore.edge as edge
+
+    backend = EdgeBackend(tmp_path / "store")
+    VectorStore(_settings(tmp_path), backend=backend).ensure_collection(4)
+    started: list[int] = []
+    real = backend.optimize
+
+    def spy(collection, *, wait=True):
+        ran = real(collection, wait=True)  # wait: each build ends before the next write, so none is skipped
+        started.append(backend._unbuilt["emb"])
+        return ran
+
+    monkeypatch.setattr(backend, "optimize", spy)
+    monkeypatch.setattr(edge, "MAX_SEGMENT_KB", 16)  # 16 KB of 4-d float32 vectors: 1,024 points a segment
+    assert backend._segment_points("emb") == 1024
+    for start in range(0, 5000, 500):
+        backend.upsert("emb", _points(500, start=start))
+    # Writes of 500: the count passes 1,024 at 1,500 points, starts again, and passes it at 3,000 and 4,500.
+    assert started == [0, 0, 0], started
+    assert backend.count("emb", None) == 5000
+
+    monkeypatch.setattr(edge, "MAX_SEGMENT_KB", None)  # no cap: only the segment count schedules builds
+    started.clear()
+    for start in range(5000, 8000, 500):
+        backend.upsert("emb", _points(500, start=start))
+    assert started == []
+    backend.close()
