@@ -52,11 +52,13 @@ class Claim:
     Attributes:
         version: the version, now ``indexing``.
         previous_status: its status before the claim: ``pending`` for a first attempt; ``indexing`` when a run that
-            died left it (its points may be partly written), or another status under ``force``.
+            died left it (its lease expired; its points may be partly written), or another status under ``force``.
+        run_id: the run that holds the claim (``document_versions.claimed_by``).
     """
 
     version: Version
     previous_status: str
+    run_id: str | None = None
 
     @property
     def first_attempt(self) -> bool:

@@ -68,6 +68,7 @@ def commit_versions(
     outcomes: Iterable[tuple[str, int, int]],
     *,
     fresh: set[tuple[str, int]] = frozenset(),
+    run_id: str | None = None,
 ) -> list[tuple[str, int, int]]:
     """Make fully written versions the searchable ones (see the module docstring for the order).
 
@@ -76,12 +77,20 @@ def commit_versions(
             ``is_latest`` false (or true, for a re-index of the version already shown).
         fresh: the ``(document_id, version)`` written for the first time (claimed from ``pending``): no chunk of
             theirs past ``chunk_count`` can exist, so the stale-chunk delete is skipped for them.
+        run_id: the ingest run committing; a version whose claim another run holds now is left untouched (its
+            points are that run's too: point ids are deterministic).
 
     Returns:
         The outcomes committed. The others lost a race with a delete or a newer version: their points are removed.
         The caller advances the generation once for all of them (:func:`bump_generation`).
     """
     outcomes = list(outcomes)
+    if run_id is not None and outcomes:
+        owners = catalog.claimed_by([(d, v) for d, v, _ in outcomes])
+        taken = [(d, v) for d, v, _ in outcomes if owners.get((d, v)) != run_id]
+        for doc, version in taken:
+            logger.warning("version %s/%d is held by run %s now; left to it", doc, version, owners.get((doc, version)))
+        outcomes = [o for o in outcomes if owners.get((o[0], o[1])) == run_id]
     if not outcomes:
         return []
     shown = catalog.shown_versions(sorted({d for d, _, _ in outcomes}))
@@ -93,8 +102,11 @@ def commit_versions(
     for doc, version in resumed:  # a run died here before: the flags may be anywhere, set them all
         store.set_latest(doc, version)
     store.switch_latest([(d, v, shown.get(d, 0)) for d, v, _ in outcomes if (d, v) in fresh and shown.get(d, 0) != v])
-    committed = catalog.commit_versions(outcomes)
+    committed = catalog.commit_versions(outcomes, run_id)
     lost = {(d, v) for d, v, _ in outcomes} - {(d, v) for d, v, _ in committed}
+    if lost and run_id is not None:  # taken over between the check above and the commit: that run's now
+        owners = catalog.claimed_by(sorted(lost))
+        lost = {key for key in lost if owners.get(key) == run_id}
     if lost:
         now_shown = catalog.shown_versions(sorted({d for d, _ in lost}))
         for doc, version in sorted(lost):

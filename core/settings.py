@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     write_batch_size: int = Field(default=256, ge=1)
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     remote_call_timeout_s: float = Field(default=300.0, gt=0)
+    #: Seconds a run's claim on a version holds unless renewed (renewed every quarter of it while the run works);
+    #: another run takes an abandoned version over after it (README, "Ingest runs at once").
+    ingest_lease_s: float = Field(default=120.0, ge=1)
 
     # Search.
     search_cache_ttl_s: int = Field(default=300, ge=0)

@@ -14,6 +14,16 @@ from core.ids import document_id as make_document_id
 from core.ids import normalise_path
 from core.types import Document, Version
 
+#: Seconds a run's claim on a version holds unless renewed (``settings.ingest_lease_s`` is what runs use).
+DEFAULT_LEASE_S = 120.0
+
+
+def new_run_id() -> str:
+    """A fresh id for an ingest run (``document_versions.claimed_by``)."""
+    import uuid
+
+    return uuid.uuid4().hex
+
 
 class VersionLifecycle:
     """The catalog methods that move versions through their life cycle, as methods of :class:`Catalog`.
@@ -111,14 +121,22 @@ class VersionLifecycle:
 
         return self._run(register)
 
-    def claim_versions(self, tenant: str | None, prefix: str = "", *, force: bool = False) -> list[Claim]:
-        """Mark the versions this run must index as ``indexing`` and return them with their previous status.
+    def claim_versions(self, tenant: str | None, prefix: str = "", *, force: bool = False, run_id: str | None = None,
+                       lease_s: float = DEFAULT_LEASE_S) -> list[Claim]:
+        """Mark the versions this run must index as ``indexing`` under its lease and return them.
 
         Claimed: the head version of each live document (of ``tenant``, or of every tenant when ``None``) under
-        ``prefix`` that is ``pending``, or ``indexing`` (left so by a run that died: it is resumed), or, with
-        ``force``, ``indexed`` (re-embedded in place) or ``failed``.
+        ``prefix`` that is ``pending``, or ``indexing`` with an expired lease (left so by a run that died: it is
+        resumed), or, with ``force``, ``indexed`` (re-embedded in place) or ``failed``. A version another run is
+        indexing, its lease alive, is left to it (:meth:`held_elsewhere` counts them); two runs claiming at once
+        never both get a version (the rows are locked, and rechecked once the first claim commits).
+
+        Args:
+            run_id: the claiming run (a new id when ``None``; it is on every :class:`Claim`).
+            lease_s: seconds the claim holds unless renewed (:meth:`renew_lease`).
         """
-        statuses = ["pending", "indexing"] + (["indexed", "failed"] if force else [])
+        statuses = ["pending"] + (["indexed", "failed"] if force else [])
+        run_id = run_id or new_run_id()
 
         def claim(conn: psycopg.Connection) -> list[Claim]:
             rows = conn.execute(
@@ -126,17 +144,53 @@ class VersionLifecycle:
                 "  SELECT v.document_id, v.version, v.status AS previous_status FROM document_versions v "
                 "  JOIN documents d ON v.document_id = d.document_id AND v.version = d.head_version "
                 "  WHERE NOT d.deleted AND (%s::text IS NULL OR d.tenant = %s) AND starts_with(d.path, %s) "
-                "  AND v.status = ANY(%s) FOR UPDATE OF v) "
+                "  AND (v.status = ANY(%s) OR (v.status = 'indexing' AND (v.lease_until IS NULL OR v.lease_until < now()))) "
+                "  FOR UPDATE OF v) "
                 "UPDATE document_versions v SET status = 'indexing', error = NULL, updated_at = now(), "
+                "  claimed_by = %s, lease_until = now() + make_interval(secs => %s), "
                 "  written_count = CASE WHEN t.previous_status = 'indexing' THEN v.written_count END "
                 f"FROM target t, documents d WHERE v.document_id = t.document_id AND v.version = t.version "
                 f"AND d.document_id = v.document_id RETURNING {_VERSION_COLUMNS}, t.previous_status",
-                (tenant, tenant, prefix, statuses),
+                (tenant, tenant, prefix, statuses, run_id, float(lease_s)),
             ).fetchall()
-            claims = [Claim(_version({k: r[k] for k in r if k != "previous_status"}), r["previous_status"]) for r in rows]
+            claims = [Claim(_version({k: r[k] for k in r if k != "previous_status"}), r["previous_status"], run_id)
+                      for r in rows]
             return sorted(claims, key=lambda c: (c.version.tenant, c.version.path))
 
         return self._run(claim)
+
+    def held_elsewhere(self, tenant: str | None, prefix: str, run_id: str) -> int:
+        """Head versions in scope that another run is indexing under a live lease (this run leaves them alone)."""
+        row = self._run(lambda conn: conn.execute(
+            "SELECT count(*) AS n FROM document_versions v "
+            "JOIN documents d ON v.document_id = d.document_id AND v.version = d.head_version "
+            "WHERE NOT d.deleted AND (%s::text IS NULL OR d.tenant = %s) AND starts_with(d.path, %s) "
+            "AND v.status = 'indexing' AND v.lease_until >= now() AND v.claimed_by IS DISTINCT FROM %s",
+            (tenant, tenant, prefix, run_id)).fetchone())
+        return int(row["n"])
+
+    def renew_lease(self, run_id: str, lease_s: float = DEFAULT_LEASE_S) -> int:
+        """Extend the lease of every version ``run_id`` is still indexing; returns how many it holds."""
+        return self._run(lambda conn: conn.execute(
+            "UPDATE document_versions SET lease_until = now() + make_interval(secs => %s) "
+            "WHERE claimed_by = %s AND status = 'indexing'", (float(lease_s), run_id)).rowcount)
+
+    def release_lease(self, run_id: str) -> int:
+        """End the lease of the versions ``run_id`` leaves ``indexing`` (a run that stops early), so that the next
+        run resumes them at once instead of after the lease."""
+        return self._run(lambda conn: conn.execute(
+            "UPDATE document_versions SET lease_until = NULL WHERE claimed_by = %s AND status = 'indexing'",
+            (run_id,)).rowcount)
+
+    def claimed_by(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
+        """The run that holds (or last held) the claim of each ``(document_id, version)``."""
+        if not keys:
+            return {}
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT document_id::text AS document_id, version, claimed_by FROM document_versions "
+            "WHERE (document_id, version) IN (SELECT * FROM unnest(%s::uuid[], %s::int[]))",
+            ([d for d, _ in keys], [v for _, v in keys])).fetchall())
+        return {(r["document_id"], r["version"]): r["claimed_by"] for r in rows}
 
     def mark_written(self, outcomes: list[tuple[str, int, int]]) -> None:
         """Record that every point of these ``(document_id, version, chunk_count)`` is written (not committed yet)."""
@@ -153,11 +207,12 @@ class VersionLifecycle:
 
         self._run(mark)
 
-    def commit_versions(self, outcomes: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    def commit_versions(self, outcomes: list[tuple[str, int, int]], run_id: str | None = None) -> list[tuple[str, int, int]]:
         """Make written versions the ones search shows, in one transaction.
 
-        For each ``(document_id, version, chunk_count)`` whose version is still ``indexing``, the head, and whose
-        document was not deleted meanwhile: the version becomes ``indexed`` with its chunk count and
+        For each ``(document_id, version, chunk_count)`` whose version is still ``indexing`` (claimed by ``run_id``,
+        when given), the head, and whose document was not deleted meanwhile: the version becomes ``indexed`` with
+        its chunk count and
         ``documents.latest_version``; the version shown before becomes ``superseded`` (its points stay, with
         ``is_latest`` false, while it is retained).
 
@@ -175,9 +230,10 @@ class VersionLifecycle:
                     "UPDATE document_versions v SET status = 'indexed', chunk_count = %s, written_count = NULL, "
                     "error = NULL, indexed_at = now(), updated_at = now() FROM documents d "
                     "WHERE v.document_id = %s AND v.version = %s AND v.status = 'indexing' "
+                    "AND (%s::text IS NULL OR v.claimed_by = %s) "
                     "AND d.document_id = v.document_id AND d.head_version = v.version AND NOT d.deleted "
                     "RETURNING v.version",
-                    (count, doc, version),
+                    (count, doc, version, run_id, run_id),
                 ).fetchone()
                 if row is None:
                     continue

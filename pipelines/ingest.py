@@ -11,13 +11,16 @@ version's outcome. What it guarantees (the README's "What you can rely on"):
 * **Incremental**: only ``pending`` versions are claimed (``--force``: every head version), so a run over an
   unchanged corpus embeds nothing (``chunks_embedded`` stays 0).
 * **Crash safety**: point ids are deterministic, so a rewrite replaces points instead of duplicating them; a
-  version left ``indexing`` by a dead run is resumed (first its flags are set back to what the catalog shows;
+  version left ``indexing`` by a dead run is resumed once its lease has run out (first its flags are set back to what the catalog shows;
   when every point was already written, ``written_count``, it is finished without embedding again), and chunks
   past the new count are deleted. Ray Data restarts dead actors and retries their tasks (its defaults for actor
   pools, ``max_restarts=-1`` and ``max_task_retries=-1``; write tasks retry ``WRITE_TASK_RETRIES`` times), and a
   dataset that makes no progress for ``remote_call_timeout_s`` fails, so a run always ends.
 * **Deletes**: with ``--scan``, documents whose object left the bucket (in the scanned tenant and prefix) are
   deleted as ``DELETE /v1/documents/{id}`` does (``core.lifecycle.delete_document``).
+* **Runs at once**: the claim is a lease (``core.leases``, README "Ingest runs at once"): a version another live
+  run holds is left to it, one whose run died is resumed once its lease has expired, and a run records, commits or
+  deletes points only for the versions it still holds.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from core import lifecycle
 from core.cache import Cache
 from core.catalog import Catalog, Claim
 from core.errors import ConfigurationError, ServiceUnavailableError
+from core.leases import LeaseKeeper
 from core.objects import ObjectStore
 from core.settings import Settings
 from core.vectorstore import TEXT_VECTOR, VectorStore
 from core.vectorstore.schema import metadata_indexes
+from core.version_lifecycle import new_run_id
 from pipelines.embed.dense import model_dimension
 from pipelines.sink import QdrantDatasink, VersionOutcome
 from pipelines.source import ScanReport, scan_objects, version_row
@@ -62,7 +67,9 @@ class IngestSummary:
 
     ``chunks_embedded`` counts the chunks this run embedded and wrote (0 over an unchanged corpus);
     ``versions_resumed`` the versions a dead run had left ``indexing``; ``documents_deleted`` the documents whose
-    object left the bucket (``--scan``); ``dead_letters_replayed`` the failed versions ``--retry-failed`` queued.
+    object left the bucket (``--scan``); ``dead_letters_replayed`` the failed versions ``--retry-failed`` queued;
+    ``versions_held_elsewhere`` the versions in scope another live run was indexing (left to it, not counted as
+    unchanged), ``versions_taken_over`` those another run took over from this one (its lease had expired).
     """
 
     documents_seen: int = 0
@@ -74,6 +81,8 @@ class IngestSummary:
     chunks_embedded: int = 0
     documents_deleted: int = 0
     versions_resumed: int = 0
+    versions_held_elsewhere: int = 0
+    versions_taken_over: int = 0
     dead_letters_replayed: int = 0
     objects_scanned: int = 0
     objects_registered: int = 0
@@ -337,18 +346,25 @@ def run_ingest(
             changed = bool(report.missing)
             lap("scan")
 
-        claimed = catalog.claim_versions(tenant, prefix, force=force)
+        run_id = new_run_id()
+        claimed = catalog.claim_versions(tenant, prefix, force=force, run_id=run_id, lease_s=settings.ingest_lease_s)
+        summary.versions_held_elsewhere = catalog.held_elsewhere(tenant, prefix, run_id)
         summary.documents_seen = catalog.count_documents(tenant, prefix)
-        logger.info("claimed %d versions to index", len(claimed))
+        logger.info("run %s claimed %d versions to index", run_id, len(claimed))
+        if summary.versions_held_elsewhere:
+            logger.info("%d versions in scope are being indexed by another run; left to it",
+                        summary.versions_held_elsewhere)
         lap("claim")
         if claimed:
             changed = True
-            _index(settings, catalog, store, claimed, summary, fault_injection)
+            with LeaseKeeper(catalog, run_id, settings.ingest_lease_s):
+                _index(settings, catalog, store, claimed, summary, fault_injection, run_id=run_id)
             lap("record")
             summary.stage_seconds["record"] = round(summary.stage_seconds["record"] - summary.stage_seconds.get("dataset", 0), 3)
         if changed:
             lifecycle.bump_generation(cache)
-        summary.documents_unchanged = max(0, summary.documents_seen - summary.documents_indexed - summary.documents_failed)
+        summary.documents_unchanged = max(0, summary.documents_seen - summary.documents_indexed - summary.documents_failed
+                                          - summary.versions_held_elsewhere - summary.versions_taken_over)
     finally:
         catalog.close()
     summary.seconds = round(time.perf_counter() - started, 3)
@@ -356,8 +372,12 @@ def run_ingest(
 
 
 def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: list[Claim], summary: IngestSummary,
-           faults: FaultInjection | None) -> None:
-    """Index the claimed versions: resume what a dead run left, run the dataset over the rest, record outcomes."""
+           faults: FaultInjection | None, *, run_id: str) -> None:
+    """Index the claimed versions: resume what a dead run left, run the dataset over the rest, record outcomes.
+
+    Outcomes are recorded only for versions this run still holds: one taken over by another run (this run's lease
+    expired) is left to that run, its points untouched (``versions_taken_over``).
+    """
     import ray
 
     resumed = [c for c in claimed if c.previous_status == "indexing"]
@@ -387,15 +407,20 @@ def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: li
 
     ok: list[tuple[str, int, int]] = []
     fresh: set[tuple[str, int]] = set()
+    owners = catalog.claimed_by([(c.version.document_id, c.version.version) for c in claimed])
     for claim in claimed:
         v = claim.version
         key = (v.document_id, v.version)
+        if owners.get(key) != run_id:
+            logger.warning("version %s/%d was taken over by run %s; left to it", *key, owners.get(key))
+            summary.versions_taken_over += 1
+            continue
         outcome = outcomes.get(key, VersionOutcome())
         if _record(catalog, store, claim, outcome, summary, keep_points=key in in_place):
             ok.append((v.document_id, v.version, outcome.chunk_count))
             if claim.first_attempt or (key in in_place and (v.chunk_count or 0) <= outcome.chunk_count):
                 fresh.add(key)
-    committed = lifecycle.commit_versions(settings, catalog, store, ok, fresh=fresh)
+    committed = lifecycle.commit_versions(settings, catalog, store, ok, fresh=fresh, run_id=run_id)
     _catch_up_metadata(catalog, store, claimed, committed, rewritten=set(finished))
     lost = len(ok) - len(committed)
     summary.documents_indexed -= lost

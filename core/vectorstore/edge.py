@@ -32,7 +32,8 @@ from core.vectorstore.schema import INDEXED_FIELDS, TENANT_FIELD, CollectionInfo
 
 logger = logging.getLogger(__name__)
 
-#: Segments past which a write schedules an optimisation (Qdrant's default segment number is about the CPU count).
+#: Segments past what full ones would make at which a write schedules an optimisation (Qdrant's default segment
+#: number is about the CPU count).
 SEGMENTS_BEFORE_OPTIMIZE = 8
 #: Writes between two looks at the segment count (reading the shard's info costs more than a small write).
 WRITES_PER_SEGMENT_CHECK = 64
@@ -220,8 +221,15 @@ class EdgeBackend(PagedQueries):
             except Exception as exc:  # noqa: BLE001
                 raise _failure(what, self._folder(collection), exc) from exc
         self._writes += 1
-        if self._writes % WRITES_PER_SEGMENT_CHECK == 0 and shard.info().segments_count > SEGMENTS_BEFORE_OPTIMIZE:
+        if self._writes % WRITES_PER_SEGMENT_CHECK == 0 and self._piled_up(collection, shard):
             self.optimize(collection, wait=False)
+
+    def _piled_up(self, collection: str, shard: qe.EdgeShard) -> bool:
+        """Whether there are ``SEGMENTS_BEFORE_OPTIMIZE`` more segments than full ones would make (capped segments
+        grow in number with the collection; small ones left by deletes and updates are what a merge is for)."""
+        info = shard.info()
+        full = int(info.points_count) // (self._segment_points(collection) or int(info.points_count) + 1)
+        return int(info.segments_count) > SEGMENTS_BEFORE_OPTIMIZE + full
 
     def upsert(self, collection: str, points: Sequence[Any]) -> None:
         """Write points (``PointStruct`` or the packed ``(id, vectors, payload)``); applied when this returns.

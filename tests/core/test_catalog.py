@@ -104,3 +104,39 @@ def test_metadata_is_inherited_replaced_and_kept_per_version(catalog, request):
     with pytest.raises(CatalogConflict, match="not_found"):
         catalog.set_metadata(document_id(tenant, "none.md"), {"dept": "x"})
     assert register("s4").version.metadata == {}  # a deleted document's metadata does not come back
+
+
+def test_a_live_lease_keeps_a_version_from_other_runs_and_an_expired_one_is_taken_over(catalog, request):
+    """Two runs at once used to both take the same versions; the one that lost the commit then deleted the points the
+    other had just committed (same deterministic ids): the index emptied while both runs exited 0."""
+    import time
+
+    tenant = request.node.name[:20]
+    docs = [document_id(tenant, f"d{i}.md") for i in range(3)]
+    for i in range(3):
+        _register(catalog, tenant, f"d{i}.md", f"s{i}")
+    first = catalog.claim_versions(tenant, run_id="run-a", lease_s=1.0)
+    assert sorted(c.version.document_id for c in first) == sorted(docs)
+    assert {c.run_id for c in first} == {"run-a"} and {c.previous_status for c in first} == {"pending"}
+    # A second run meanwhile gets nothing, and is told why.
+    assert catalog.claim_versions(tenant, run_id="run-b", lease_s=1.0) == []
+    assert catalog.held_elsewhere(tenant, "", "run-b") == 3
+    assert catalog.held_elsewhere(tenant, "", "run-a") == 0
+    # Renewed, the lease outlives its first second; run-a commits one version.
+    assert catalog.renew_lease("run-a", 30.0) == 3
+    time.sleep(1.2)
+    assert catalog.claim_versions(tenant, run_id="run-b") == []
+    assert catalog.commit_versions([(docs[0], 1, 2)], "run-a") == [(docs[0], 1, 2)]
+    # Run-a stops renewing (it died): once the lease has run out, run-b resumes what run-a left.
+    with catalog.pool.connection() as conn:
+        conn.execute("UPDATE document_versions SET lease_until = now() - interval '1 second' WHERE claimed_by = 'run-a'")
+    taken = catalog.claim_versions(tenant, run_id="run-b")
+    assert sorted(c.version.document_id for c in taken) == sorted(docs[1:])
+    assert {c.previous_status for c in taken} == {"indexing"}  # resumed: points may be partly written
+    assert catalog.claimed_by([(docs[1], 1), (docs[0], 1)]) == {(docs[1], 1): "run-b", (docs[0], 1): "run-a"}
+    # Run-a, back from the dead, cannot commit what run-b holds now; run-b can.
+    assert catalog.commit_versions([(docs[1], 1, 2)], "run-a") == []
+    assert catalog.commit_versions([(docs[1], 1, 2)], "run-b") == [(docs[1], 1, 2)]
+    # A run that stops early releases its lease: the next run resumes at once.
+    assert catalog.release_lease("run-b") == 1
+    assert [c.version.document_id for c in catalog.claim_versions(tenant, run_id="run-c")] == [docs[2]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import time
 import unicodedata
 from pathlib import Path
 
@@ -191,10 +192,13 @@ def test_a_version_left_indexing_by_a_dead_run_is_resumed(ingested):
         from pipelines.source import scan_objects
 
         scan_objects(objects, catalog, tenant=TENANT, prefix="resume")
-        claimed = catalog.claim_versions(TENANT, "resume")  # a run claims it, then dies
+        claimed = catalog.claim_versions(TENANT, "resume", lease_s=3.0)  # a run claims it, then dies
         assert [(c.version.status, c.previous_status) for c in claimed] == [("indexing", "pending")]
-        summary = run_ingest(settings, tenant=TENANT, prefix="resume")
-        assert summary.documents_indexed == 1
+        held = run_ingest(settings, tenant=TENANT, prefix="resume")  # its lease still runs: left to it
+        assert (held.documents_indexed, held.versions_held_elsewhere, held.documents_unchanged) == (0, 1, 0)
+        time.sleep(3.5)
+        summary = run_ingest(settings, tenant=TENANT, prefix="resume")  # expired: resumed
+        assert summary.documents_indexed == 1 and summary.versions_resumed == 1
         assert catalog.list_versions(document_id(TENANT, "resume.md"))[-1].status == "indexed"
     finally:
         catalog.close()
