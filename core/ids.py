@@ -1,6 +1,6 @@
 """Deterministic identifiers and the document path rules.
 
-Ids (docs/ARCHITECTURE.md, "Data model (PostgreSQL)"): ``document_id = uuid5(NS, tenant + "/" + normalised path)`` and
+Ids: ``document_id = uuid5(NS, tenant + "/" + normalised path)`` and
 ``point_id = uuid5(NS, document_id/version/modality/chunk_index)``, so a retried write can never duplicate a point.
 """
 

@@ -81,7 +81,7 @@ def to_points(
 
     Returns:
         The points (deterministic ids, so a rewrite replaces them) and, for each, its ``(document_id, version)``.
-        Payload: the docs/ARCHITECTURE.md fields (``links`` from the ``links`` column; ``metadata`` and
+        Payload: the fields of ``core.vectorstore.schema`` (``links`` from the ``links`` column; ``metadata`` and
         ``properties`` objects from their JSON columns), plus ``kind``, ``box``,
         ``parent_index`` and ``image_source`` on image rows and ``start_s``/``end_s`` on audio rows. The models are
         built with ``model_construct``: the values come typed from the pipeline, and validating millions of floats

@@ -1,4 +1,4 @@
--- The catalog of docs/ARCHITECTURE.md ("Data model (PostgreSQL)"): uploads and their parts, documents, their versions, dead letters.
+-- The catalog: uploads and their parts, documents, their versions, dead letters.
 -- Only what is needed to resume, complete, index or clean up; never payload bytes.
 
 CREATE TABLE IF NOT EXISTS uploads (

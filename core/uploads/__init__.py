@@ -1,7 +1,7 @@
 """Uploads: their state in PostgreSQL (``uploads``, ``upload_parts``) and the locks that keep it consistent.
 
 An upload is ``pending`` while parts arrive, ``completing`` once a completion was claimed, then ``completed``,
-``failed``, ``aborted`` or ``expired`` (docs/ARCHITECTURE.md, "Data model (PostgreSQL)"). Only what resuming, completing and cleaning
+``failed``, ``aborted`` or ``expired``. Only what resuming, completing and cleaning
 up need is stored, never payload bytes. :class:`UploadStore` holds the state; :class:`UploadService` runs the steps
 that also talk to S3 (create, store a part, complete, abort, expire, sweep), for the Serve app and ``jobs.janitor``.
 
