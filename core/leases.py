@@ -28,15 +28,12 @@ class LeaseKeeper:
         self.lease_s = lease_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{run_id[:8]}", daemon=True)
-        #: Renewals that failed (the catalog unreachable); the commit checks ownership either way.
-        self.failures = 0
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_s / 4):
             try:
                 self.catalog.renew_lease(self.run_id, self.lease_s)
-            except Exception as exc:  # noqa: BLE001 - logged; the next renewal tries again
-                self.failures += 1
+            except Exception as exc:  # noqa: BLE001 - logged; the next renewal tries again (commits check ownership)
                 logger.warning("could not renew the lease of run %s: %s", self.run_id, exc)
 
     def __enter__(self) -> LeaseKeeper:

@@ -7,3 +7,5 @@
 
 ALTER TABLE document_versions ADD COLUMN IF NOT EXISTS claimed_by text;
 ALTER TABLE document_versions ADD COLUMN IF NOT EXISTS lease_until timestamptz;
+-- Renewing and checking a run's claims reads the versions it holds, not the whole table.
+CREATE INDEX IF NOT EXISTS document_versions_claimed ON document_versions (claimed_by) WHERE status = 'indexing';

@@ -228,7 +228,8 @@ class EdgeBackend(PagedQueries):
         """Whether there are ``SEGMENTS_BEFORE_OPTIMIZE`` more segments than full ones would make (capped segments
         grow in number with the collection; small ones left by deletes and updates are what a merge is for)."""
         info = shard.info()
-        full = int(info.points_count) // (self._segment_points(collection) or int(info.points_count) + 1)
+        per_segment = self._segment_points(collection)
+        full = int(info.points_count) // per_segment if per_segment else 0
         return int(info.segments_count) > SEGMENTS_BEFORE_OPTIMIZE + full
 
     def upsert(self, collection: str, points: Sequence[Any]) -> None:
