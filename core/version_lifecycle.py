@@ -211,8 +211,8 @@ class VersionLifecycle:
         """Make written versions the ones search shows, in one transaction.
 
         For each ``(document_id, version, chunk_count)`` whose version is still ``indexing`` (claimed by ``run_id``,
-        when given), the head, and whose document was not deleted meanwhile: the version becomes ``indexed`` with
-        its chunk count and
+        when given), the head, and whose document was not deleted meanwhile: the version becomes ``indexed`` (its
+        lease ends; ``claimed_by`` stays, naming the run that indexed it) with its chunk count and
         ``documents.latest_version``; the version shown before becomes ``superseded`` (its points stay, with
         ``is_latest`` false, while it is retained).
 
@@ -228,7 +228,7 @@ class VersionLifecycle:
             for doc, version, count in outcomes:
                 row = conn.execute(
                     "UPDATE document_versions v SET status = 'indexed', chunk_count = %s, written_count = NULL, "
-                    "error = NULL, indexed_at = now(), updated_at = now() FROM documents d "
+                    "error = NULL, indexed_at = now(), updated_at = now(), lease_until = NULL FROM documents d "
                     "WHERE v.document_id = %s AND v.version = %s AND v.status = 'indexing' "
                     "AND (%s::text IS NULL OR v.claimed_by = %s) "
                     "AND d.document_id = v.document_id AND d.head_version = v.version AND NOT d.deleted "

@@ -128,8 +128,10 @@ def test_a_run_killed_with_sigkill_and_run_again_gives_the_clean_index(cluster, 
     c, _ = cluster
     _, fresh = corpus
     settings = fresh()
+    lease_s = 2.0  # the dead run's claims: the next run resumes them once this has run out
     job = subprocess.Popen([sys.executable, "-m", "jobs.ingest", "--tenant", TENANT, "--scan"], cwd=REPO,
-                           env=_env(settings, c.address), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                           env=_env(settings, c.address) | {"SLUICE_INGEST_LEASE_S": str(lease_s)},
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         written = _wait_for_points(VectorStore(settings), while_alive=lambda: job.poll() is None)
         assert job.poll() is None, "the run ended before it could be killed"
@@ -146,6 +148,7 @@ def test_a_run_killed_with_sigkill_and_run_again_gives_the_clean_index(cluster, 
     finally:
         catalog.close()
 
+    time.sleep(lease_s + 0.5)
     again = run_ingest(settings, tenant=TENANT, scan=True)
     assert again.documents_indexed + again.documents_unchanged == DOCUMENTS and again.documents_failed == 0
     _assert_exact(settings, reference)
