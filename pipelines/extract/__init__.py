@@ -2,9 +2,10 @@
 
 Input: the raw bytes of one file, its relative path and the content type the uploader declared (may be ``""``).
 Output of :func:`extract_sections`: the sniffed content type and a list of :class:`Section` (one per PDF page, one
-for a text, Markdown or HTML file). Output of :func:`extract_document`: an :class:`Extracted` with the sections and
-the pictures (:class:`ImageItem`: an image file; a PDF's embedded images and its pages without a text layer,
-rendered for OCR). Every failure is an :class:`core.errors.ExtractionError` with a stable reason code:
+for a text, Markdown or HTML file; Markdown and HTML reduced to their text). Output of :func:`extract_document`: an
+:class:`Extracted` with the sections and the pictures (:class:`ImageItem`: an image file; a PDF's embedded images
+and its pages without a text layer, rendered for OCR). Every failure is an :class:`core.errors.ExtractionError` with
+a stable reason code:
 
 =====================  ==========================================================
 ``empty_file``         0 bytes
@@ -73,7 +74,7 @@ __all__ = [
 
 _EXTRACTORS = {
     TEXT_PLAIN: TextExtractor(),
-    TEXT_MARKDOWN: TextExtractor(),
+    TEXT_MARKDOWN: TextExtractor(markdown=True),
     TEXT_HTML: HtmlExtractor(),
     APPLICATION_PDF: PdfExtractor(),
 }

@@ -1,9 +1,11 @@
 """HTML: the main text of a page, with its headings as Markdown ``#`` lines, as one :class:`Section`.
 
-Input: the raw bytes of a ``text/html`` file. Output: ``[Section(text, page=None)]`` where the text is
-trafilatura's Markdown rendering of the page's main content (boilerplate such as navigation, footers and scripts
-left out; headings kept as ``#`` lines so the chunker can follow them). When trafilatura finds no main content, the
-whole visible body text is used instead, one block element per line.
+Input: the raw bytes of a ``text/html`` file. Output: ``[Section(text, page=None)]`` where the text is the page's
+main content as trafilatura renders it in Markdown (boilerplate such as navigation, footers and scripts left out;
+no links or images), reduced to text by :func:`pipelines.extract.text.markdown_text` like a Markdown file, so both
+give the same kind of text: headings as ``#`` lines (the chunker follows them), table cells between ``" | "``, no
+emphasis marks. When trafilatura finds no main content, the whole visible body text is used instead, one block
+element per line.
 
 Decoding (WHATWG Encoding and HTML "determining the character encoding"): a byte-order mark wins; bytes that are
 valid UTF-8 with non-ASCII characters are UTF-8 (a page that declares Latin-1 but is valid UTF-8 was mislabelled);
@@ -24,7 +26,7 @@ import trafilatura
 
 from core.errors import ExtractionError
 from pipelines.extract.base import Section
-from pipelines.extract.text import BOMS, decode_text, normalise_newlines
+from pipelines.extract.text import BOMS, decode_text, markdown_text, normalise_newlines
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +110,10 @@ class HtmlExtractor:
         except Exception as exc:  # trafilatura raises what lxml raises; any of it means "cannot parse"
             logger.warning("trafilatura failed on %s: %s; using the whole body text", path, exc)
             text = None
-        if not text or not text.strip():
-            text = body_text(markup, path)
-        text = _clean(text)
+        if text and text.strip():
+            text = markdown_text(text)  # tidy already, and _clean would unindent its code blocks
+        else:
+            text = _clean(body_text(markup, path))
         title = _title(markup)
         if title and title.casefold() not in text[: len(title) + 200].casefold():
             text = f"# {title}\n\n{text}" if text else f"# {title}"
@@ -181,6 +184,24 @@ def body_text(markup: str, path: str = "") -> str:
     parts: list[str] = []
     _render(body, parts)
     return "".join(parts)
+
+
+def fragment_text(markup: str) -> str:
+    """The visible text of an HTML fragment, as :func:`body_text` renders it, whitespace tidied.
+
+    For raw HTML inside Markdown (a README's centred logo and badges, ``<details>``), which is a fragment, often a
+    lone tag.
+
+    Args:
+        markup: the fragment.
+
+    Returns:
+        Its text; ``""`` when it has none (a lone closing tag or a comment, which lxml calls an empty document).
+    """
+    try:
+        return _clean(body_text(markup))
+    except ExtractionError:
+        return ""
 
 
 def _render(element: lxml.html.HtmlElement, parts: list[str]) -> None:
