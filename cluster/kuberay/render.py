@@ -126,15 +126,33 @@ def serve_applications(config_path: Path = SERVE_CONFIG) -> dict[str, Any]:
     return config
 
 
+def serve_probes() -> dict[str, Any]:
+    """The head's probes on Sluice's own health routes (README, "Health checks"), replacing KubeRay's defaults.
+
+    Readiness is ``/v1/readyz`` (PostgreSQL, Redis, S3 and the vector store answer), so the Kubernetes Service sends
+    no request to a pod that could not serve it. Liveness is ``/v1/healthz``, which touches no dependency, with a
+    long grace: restarting the head loses the cluster, so only a Serve that stopped answering at all restarts it.
+    """
+    def probe(path: str, **timing: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": 8000}, "timeoutSeconds": 5, **timing}
+
+    return {
+        "readinessProbe": probe("/v1/readyz", initialDelaySeconds=10, periodSeconds=10, failureThreshold=3),
+        "livenessProbe": probe("/v1/healthz", initialDelaySeconds=120, periodSeconds=30, failureThreshold=10),
+    }
+
+
 def rayservice(config_path: Path = SERVE_CONFIG) -> dict[str, Any]:
-    """The ``RayService`` manifest: the Serve applications on an autoscaled cluster."""
+    """The ``RayService`` manifest: the Serve applications on an autoscaled cluster, probed on their health routes."""
+    cluster = ray_cluster_spec()
+    cluster["headGroupSpec"]["template"]["spec"]["containers"][0].update(serve_probes())
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": {"name": "sluice"},
         "spec": {
             "serveConfigV2": yaml.dump(serve_applications(config_path), Dumper=_Dumper, sort_keys=False),
-            "rayClusterConfig": ray_cluster_spec(),
+            "rayClusterConfig": cluster,
         },
     }
 

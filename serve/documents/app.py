@@ -11,6 +11,8 @@ Routes (docs/ARCHITECTURE.md, "Interfaces (contract)"; paths relative to the pre
   re-embedding); 409 ``not_restorable`` when its points are gone, 409 ``deleted`` for a deleted document.
 * ``DELETE /documents/{id}``: 204; its points leave the index (every version, every leg) and the cache.
 * ``GET /dead-letters``: the caller's dead letters, newest first (``?document_id=``, ``?open=true``, ``?limit=``).
+* ``GET /healthz`` and ``GET /readyz``: liveness and readiness (``serve.health``), open to anyone.
+* ``GET /openapi.json`` (Swagger UI at ``/docs``): the whole API of the three applications (``serve.openapi``).
 
 The caller is ``X-User-ID``; another tenant's document answers 404, exactly like a missing one.
 """
@@ -32,12 +34,19 @@ from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from core.types import Document, Version
 from core.vectorstore import VectorStore
+from serve import openapi
+from serve.documents.models import (DeadLetter, DocumentView, Liveness, MetadataBody, MetadataReplaced, Readiness,
+                                    Restored, VersionView)
+from serve.health import Readiness as ReadinessChecks
 from serve.http import ApiError, checked_metadata, install_common_handlers, read_json_body, tenant_of
 
 logger = logging.getLogger(__name__)
 
-api = FastAPI(title="Sluice documents", version="0.1.0")
+api = FastAPI(title="Sluice documents", version="0.1.0", generate_unique_id_function=openapi.operation_id(""))
 install_common_handlers(api)
+#: The request bodies the routes read themselves (``serve.openapi.json_body``).
+BODIES = (MetadataBody,)
+openapi.install(api, BODIES, build=openapi.merged)
 
 _CONFLICT_STATUS = {"not_found": 404, "deleted": 409, "not_restorable": 409}
 #: The largest JSON body accepted (metadata is at most 8 KiB as compact JSON; escapes may make it longer).
@@ -79,6 +88,7 @@ class DocumentsAPI:
         self.settings = Settings(**(settings_overrides or {}))
         self.catalog = Catalog(self.settings)
         self.store = VectorStore(self.settings)  # one per replica: its backend and known payload indexes are kept
+        self.readiness = ReadinessChecks(self.settings, catalog=self.catalog, store=self.store)
 
     def _document(self, request: Request, document_id: str) -> "Document":
         tenant = tenant_of(request)
@@ -99,7 +109,7 @@ class DocumentsAPI:
             logger.error("documents call failed: %s", exc)
             raise ApiError(503, "service_unavailable", f"{exc.service} is unavailable") from exc
 
-    @api.get("/documents/{document_id}")
+    @api.get("/documents/{document_id}", response_model=DocumentView, responses=openapi.errors(401, 404, 503))
     async def get_document(self, document_id: str, request: Request) -> JSONResponse:
         """The document and the state of its newest content."""
         doc = await self._call(self._document, request, document_id)
@@ -121,7 +131,8 @@ class DocumentsAPI:
             body["error"] = head.error
         return JSONResponse(body)
 
-    @api.patch("/documents/{document_id}")
+    @api.patch("/documents/{document_id}", response_model=MetadataReplaced, openapi_extra=openapi.json_body(MetadataBody),
+               responses=openapi.errors(400, 401, 404, 409, 413, 422, 503))
     async def patch_document(self, document_id: str, request: Request) -> JSONResponse:
         """Replace the document's user metadata (shown and head versions) without re-embedding; search sees it at once."""
         raw = await read_json_body(request, MAX_JSON_BYTES)
@@ -136,7 +147,8 @@ class DocumentsAPI:
             raise ApiError(_CONFLICT_STATUS.get(exc.code, 409), exc.code, exc.detail) from exc
         return JSONResponse({"document_id": document_id, "metadata": metadata, "versions": versions})
 
-    @api.get("/documents/{document_id}/versions")
+    @api.get("/documents/{document_id}/versions", response_model=list[VersionView],
+             responses=openapi.errors(401, 404, 503))
     async def list_versions(self, document_id: str, request: Request) -> JSONResponse:
         """Every version, oldest first."""
         doc = await self._call(self._document, request, document_id)
@@ -144,7 +156,8 @@ class DocumentsAPI:
         keep = set(await self._call(self.catalog.retained_versions, document_id, self.settings.version_retention))
         return JSONResponse([version_json(v, doc, keep) for v in versions])
 
-    @api.post("/documents/{document_id}/versions/{version}/restore")
+    @api.post("/documents/{document_id}/versions/{version}/restore", response_model=Restored,
+              responses=openapi.errors(401, 404, 409, 422, 503))
     async def restore(self, document_id: str, version: int, request: Request) -> JSONResponse:
         """Make a retained version the searchable one again (no re-embedding)."""
         await self._call(self._document, request, document_id)
@@ -155,14 +168,14 @@ class DocumentsAPI:
             raise ApiError(_CONFLICT_STATUS.get(exc.code, 409), exc.code, exc.detail) from exc
         return JSONResponse({"document_id": doc.document_id, "path": doc.path, "latest_version": doc.latest_version})
 
-    @api.delete("/documents/{document_id}")
+    @api.delete("/documents/{document_id}", status_code=204, responses=openapi.errors(401, 404, 503))
     async def delete(self, document_id: str, request: Request) -> Response:
         """Delete the document: points of every version, cache, and the objects when ``delete_objects``."""
         await self._call(self._document, request, document_id)
         await self._call(lifecycle.delete_document, self.settings, document_id, catalog=self.catalog, store=self.store)
         return Response(status_code=204)
 
-    @api.get("/dead-letters")
+    @api.get("/dead-letters", response_model=list[DeadLetter], responses=openapi.errors(401, 404, 422, 503))
     async def dead_letters(
         self,
         request: Request,
@@ -176,6 +189,18 @@ class DocumentsAPI:
             await self._call(self._document, request, document_id)
         rows = await self._call(self.catalog.dead_letters, document_id, tenant=tenant, include_replayed=not open, limit=limit)
         return JSONResponse([{k: _iso(v) for k, v in row.items()} for row in rows])
+
+    @api.get("/healthz", response_model=Liveness)
+    async def healthz(self) -> JSONResponse:
+        """Liveness: the replica serves HTTP (nothing else is touched)."""
+        return JSONResponse({"status": "ok"})
+
+    @api.get("/readyz", response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "A service did not answer; its check says why."}})
+    async def readyz(self) -> JSONResponse:
+        """Readiness: PostgreSQL, Redis, S3 and the vector store each answered (503 naming those that did not)."""
+        ready, body = await self.readiness.run()
+        return JSONResponse(body, status_code=200 if ready else 503)
 
 
 class AppArgs(BaseModel):

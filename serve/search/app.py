@@ -32,7 +32,9 @@ from ray.serve.handle import DeploymentHandle
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from serve.http import ApiError, install_common_handlers, read_json_body, tenant_of, validation_detail
+from serve import openapi
 from serve.search.engine import SearchEngine
+from serve.search.models import BatchAnswer, SearchAnswer
 from serve.search.query import BatchRequest, SearchRequest
 
 logger = logging.getLogger(__name__)
@@ -143,9 +145,14 @@ class _PrefixRoot:
         await self.app(scope, receive, send)
 
 
-api = FastAPI(title="Sluice search", version="0.2.0")
+api = FastAPI(title="Sluice search", version="0.2.0", generate_unique_id_function=openapi.operation_id(""))
 install_common_handlers(api)
 api.add_middleware(_PrefixRoot)
+#: The request bodies the routes read themselves (``serve.openapi.json_body``).
+BODIES = (SearchRequest, BatchRequest)
+openapi.install(api, BODIES)
+#: What either search route may answer besides 200.
+_ERRORS = openapi.errors(400, 401, 413, 422, 503)
 
 
 def _error(status: int, code: str, detail: str, **headers: str) -> JSONResponse:
@@ -192,7 +199,7 @@ class SearchAPI:
             response.cancel()
             return _error(503, "timeout", f"the search took over {SEARCH_TIMEOUT_S:.0f} s", **{"Retry-After": str(RETRY_AFTER_S)})
 
-    @api.post("/")
+    @api.post("/", response_model=SearchAnswer, responses=_ERRORS, openapi_extra=openapi.json_body(SearchRequest))
     async def search(self, request: Request) -> JSONResponse:
         """Answer one query (body: :class:`SearchRequest`)."""
         tenant = tenant_of(request)
@@ -206,7 +213,7 @@ class SearchAPI:
             return _error(answer.pop("status", 500), answer["error"], answer["detail"], **{"Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse(answer)
 
-    @api.post("/batch")
+    @api.post("/batch", response_model=BatchAnswer, responses=_ERRORS, openapi_extra=openapi.json_body(BatchRequest))
     async def search_batch(self, request: Request) -> JSONResponse:
         """Answer up to ``MAX_BATCH_QUERIES`` queries at once (body: :class:`BatchRequest`).
 

@@ -45,16 +45,24 @@ from core.uploads import (
 from serve.http import (ApiError, ContractPaths, checked_metadata, install_common_handlers, read_json_body, tenant_of,
                         validation_detail)
 from serve.uploads.body import ByteBudget, NativeMemory, check_declared_length, parse_digests, read_part, verify
-from serve.uploads.models import CreateUpload, check_path_characters
+from serve import openapi
+from serve.uploads.models import (CreateUpload, PartStored, UploadCompleted, UploadCreated, UploadDeduplicated,
+                                  UploadList, UploadStatus, check_path_characters)
 
 logger = logging.getLogger(__name__)
 
 #: The contract's path of this application.
 PREFIX = "/v1/uploads"
 
-api = FastAPI(title="Sluice uploads", version="0.1.0")
+# The documents are at the contract's paths too (under the route prefix ``/v1/uploads``, the default
+# ``/openapi.json`` would be ``/v1/uploads/openapi.json`` relative to an empty root path, and miss).
+api = FastAPI(title="Sluice uploads", version="0.1.0", generate_unique_id_function=openapi.operation_id("upload_"),
+              openapi_url=PREFIX + "/openapi.json", docs_url=PREFIX + "/docs", redoc_url=None)
 install_common_handlers(api)
 api.add_middleware(ContractPaths, prefix=PREFIX)
+#: The request bodies the routes read themselves (``serve.openapi.json_body``).
+BODIES = (CreateUpload,)
+openapi.install(api, BODIES)
 
 #: Seconds a client should wait before retrying after a 503 or a completion in progress.
 RETRY_AFTER_S = 5
@@ -168,7 +176,9 @@ class UploadsAPI:
         except (UploadError, ServiceUnavailableError) as exc:
             raise api_error(exc) from None
 
-    @api.post(PREFIX)
+    @api.post(PREFIX, status_code=201, response_model=UploadCreated, openapi_extra=openapi.json_body(CreateUpload),
+              responses={200: {"model": UploadDeduplicated, "description": "The bytes equal the latest version's."},
+                         **openapi.errors(400, 401, 409, 413, 422, 503)})
     async def create(self, request: Request) -> JSONResponse:
         """Create an upload: validate, then start the S3 multipart upload while reading the catalog."""
         tenant = tenant_of(request)
@@ -222,7 +232,7 @@ class UploadsAPI:
             status_code=201, headers={"Location": f"/v1/uploads/{stored.upload_id}"},
         )
 
-    @api.get(PREFIX)
+    @api.get(PREFIX, response_model=UploadList, responses=openapi.errors(401, 422, 503))
     async def list_uploads(self, request: Request, status: str | None = None, limit: int = 100) -> JSONResponse:
         """The caller's uploads, newest first."""
         tenant = tenant_of(request)
@@ -238,7 +248,10 @@ class UploadsAPI:
             for u in uploads
         ]})
 
-    @api.put(PREFIX + "/{upload_id}/parts/{part_number}")
+    @api.put(PREFIX + "/{upload_id}/parts/{part_number}", response_model=PartStored,
+             responses=openapi.errors(400, 401, 404, 409, 413, 502, 503),
+             openapi_extra=openapi.raw_body("application/octet-stream", "the part's bytes, with Content-MD5 (base64) or "
+                                            "X-Checksum-SHA256 (hex)"))
     async def put_part(self, upload_id: str, part_number: str, request: Request) -> JSONResponse:
         """Receive one part: size and digest checked before S3 sees it; recorded only after S3 stored it."""
         tenant = tenant_of(request)
@@ -259,20 +272,21 @@ class UploadsAPI:
         self.native_memory.trim()  # at most once a second
         return JSONResponse({"part_number": part.part_number, "etag": part.etag, "size": part.size})
 
-    @api.get(PREFIX + "/{upload_id}")
+    @api.get(PREFIX + "/{upload_id}", response_model=UploadStatus, responses=openapi.errors(401, 404, 503))
     async def status(self, upload_id: str, request: Request) -> JSONResponse:
         """Status, received and missing parts, bytes received; the outcome once final."""
         upload = await self._upload(upload_id, tenant_of(request))
         return JSONResponse(await self._call(self.service.describe, upload))
 
-    @api.post(PREFIX + "/{upload_id}/complete")
+    @api.post(PREFIX + "/{upload_id}/complete", response_model=UploadCompleted,
+              responses=openapi.errors(401, 404, 409, 422, 503))
     async def complete(self, upload_id: str, request: Request) -> JSONResponse:
         """Complete (one at a time per upload); a second call returns the first answer."""
         tenant = tenant_of(request)
         answer = await self._call(self.service.complete, tenant, upload_id, wait_s=self.complete_wait_s)
         return JSONResponse(answer.body, status_code=answer.status_code)
 
-    @api.delete(PREFIX + "/{upload_id}")
+    @api.delete(PREFIX + "/{upload_id}", status_code=204, responses=openapi.errors(401, 404, 409, 503))
     async def abort(self, upload_id: str, request: Request) -> Response:
         """Abort: the S3 multipart upload is aborted and the part rows deleted (204; again: 204)."""
         tenant = tenant_of(request)

@@ -1,9 +1,9 @@
-"""Request bodies and the path check of the ``uploads`` application."""
+"""Request bodies, answers and the path check of the ``uploads`` application."""
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -52,3 +52,103 @@ def check_path_characters(path: str) -> None:
                                    f"the path contains the character U+{ord(c):04X}, which is not allowed")
     if len(path.encode("utf-8")) > MAX_KEY_BYTES:
         raise InvalidPathError(path[:64] + "...", f"the path is longer than {MAX_KEY_BYTES} bytes")
+
+
+# --- answers (what the OpenAPI document declares; README, "HTTP API") ------------------------------------------
+
+
+class UploadCreated(BaseModel):
+    """201 of ``POST /v1/uploads``: send parts 1 to ``part_count`` of ``part_size`` bytes (the last may be shorter)."""
+
+    upload_id: str
+    part_size: int
+    part_count: int
+    expires_at: str | None
+    path: str
+    document_id: str
+    size: int
+
+
+class UploadDeduplicated(BaseModel):
+    """200 of ``POST /v1/uploads`` (and of a completion) when the bytes equal the latest version's: nothing to send."""
+
+    model_config = ConfigDict(extra="allow")
+
+    deduplicated: bool
+    document_id: str
+    version: int
+    path: str
+    sha256: str
+    size: int
+
+
+class UploadSummary(BaseModel):
+    """One entry of ``GET /v1/uploads``."""
+
+    upload_id: str
+    path: str
+    size: int
+    status: str
+    created_at: str | None
+    expires_at: str | None
+
+
+class UploadList(BaseModel):
+    """``GET /v1/uploads``: the caller's uploads, newest first."""
+
+    uploads: list[UploadSummary]
+
+
+class PartStored(BaseModel):
+    """200 of ``PUT /v1/uploads/{id}/parts/{n}``: the part S3 stored."""
+
+    part_number: int
+    etag: str
+    size: int
+
+
+class StoredPart(BaseModel):
+    """A part of ``GET /v1/uploads/{id}``."""
+
+    part_number: int
+    size: int
+    etag: str
+
+
+class UploadStatus(BaseModel):
+    """``GET /v1/uploads/{id}``: what a client needs to resume (received and missing parts), or the outcome
+    (``result``: the completion's answer) once final."""
+
+    model_config = ConfigDict(extra="allow")
+
+    upload_id: str
+    status: str
+    path: str
+    document_id: str
+    size: int
+    sha256: str | None
+    part_size: int
+    part_count: int
+    received_parts: list[int]
+    missing_parts: list[int]
+    bytes_received: int
+    parts: list[StoredPart]
+    attempts: int
+    created_at: str | None
+    expires_at: str | None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+
+
+class UploadCompleted(BaseModel):
+    """200 of ``POST /v1/uploads/{id}/complete``: the document version the bytes became (``deduplicated`` when
+    they equal the latest version's, and no version was made)."""
+
+    document_id: str
+    version: int
+    sha256: str
+    size: int
+    path: str
+    etag: str
+    deduplicated: bool
+    upload_id: str

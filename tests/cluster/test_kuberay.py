@@ -55,3 +55,13 @@ def test_launcher_config_passes_rays_schema():
     config = yaml.safe_load((REPO / "cluster" / "launcher" / "aws.yaml").read_text())
     validate_config(prepare_config(config))  # raises jsonschema.ValidationError on a bad field
     assert config["available_node_types"]["gpu_worker"]["min_workers"] == 0
+
+
+def test_the_service_head_is_probed_on_the_health_routes():
+    from serve.openapi import merged
+
+    service = yaml.safe_load(render.render("rayservice"))
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["readinessProbe"]["httpGet"] == {"path": "/v1/readyz", "port": 8000}
+    assert head["livenessProbe"]["httpGet"] == {"path": "/v1/healthz", "port": 8000}
+    assert {"/v1/readyz", "/v1/healthz"} <= set(merged()["paths"])  # the routes the probes call exist

@@ -1,0 +1,106 @@
+"""The answers of the ``documents`` application, as its OpenAPI document declares them (README, "HTTP API")."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from core.metadata import KEY_PATTERN, MAX_KEYS, MAX_STRING_LENGTH
+
+#: A metadata key and value as ``core.metadata`` accepts them (it checks the 8 KiB total too).
+MetadataKey = Annotated[str, StringConstraints(pattern=KEY_PATTERN.pattern)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_STRING_LENGTH)] | int | float | bool | list[
+    Annotated[str, StringConstraints(max_length=MAX_STRING_LENGTH)]]
+
+
+class DocumentView(BaseModel):
+    """``GET /v1/documents/{id}``: the document, the state of its newest content, and the shown version's metadata
+    and properties. ``latest_version`` is the searchable version (0 while none is), ``head_version`` the newest
+    content; ``error`` is the newest content's failure, when it failed."""
+
+    document_id: str
+    path: str
+    latest_version: int
+    head_version: int
+    status: str
+    deleted: bool
+    metadata: dict[str, Any]
+    properties: dict[str, Any]
+    error: str | None = None
+
+
+class VersionView(BaseModel):
+    """One entry of ``GET /v1/documents/{id}/versions`` (oldest first)."""
+
+    version: int
+    status: str
+    is_latest: bool
+    restorable: bool
+    sha256: str
+    size: int
+    content_type: str
+    chunk_count: int | None
+    error: str | None
+    created_at: str | None
+    metadata: dict[str, Any]
+    properties: dict[str, Any]
+
+
+class MetadataBody(BaseModel):
+    """The body of ``PATCH /v1/documents/{id}``: the new user metadata (README, "Document metadata")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[MetadataKey, MetadataValue] = Field(max_length=MAX_KEYS)
+
+
+class MetadataReplaced(BaseModel):
+    """The answer of ``PATCH /v1/documents/{id}``: the metadata now held and the versions it was written to."""
+
+    document_id: str
+    metadata: dict[str, Any]
+    versions: list[int]
+
+
+class Restored(BaseModel):
+    """The answer of a restore: the document with its restored version now the searchable one."""
+
+    document_id: str
+    path: str
+    latest_version: int
+
+
+class DeadLetter(BaseModel):
+    """One entry of ``GET /v1/dead-letters``: a version that failed, at which stage and why."""
+
+    id: int
+    document_id: str
+    path: str
+    version: int
+    stage: str
+    reason: str
+    detail: str | None
+    created_at: str | None
+    replayed_at: str | None
+
+
+class Check(BaseModel):
+    """One service of ``GET /v1/readyz``."""
+
+    status: str
+    latency_ms: float
+    detail: str | None = None
+
+
+class Readiness(BaseModel):
+    """``GET /v1/readyz``: ``ready`` only when every service answers (else 503 with the same body)."""
+
+    status: str
+    checks: dict[str, Check]
+
+
+class Liveness(BaseModel):
+    """``GET /v1/healthz``: the process is up."""
+
+    status: str
