@@ -44,6 +44,7 @@ from core.vectorstore import TEXT_VECTOR, VectorStore
 from core.vectorstore.schema import metadata_indexes
 from core.version_lifecycle import new_run_id
 from pipelines.embed.dense import model_dimension
+from pipelines.progress import IngestProgress, LiveProgress, ProgressCallback
 from pipelines.sink import QdrantDatasink, VersionOutcome
 from pipelines.source import ScanReport, scan_objects, version_row
 
@@ -293,6 +294,7 @@ def run_ingest(
     force: bool = False,
     retry_failed: bool = False,
     fault_injection: FaultInjection | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> IngestSummary:
     """Ingest the pending versions of ``tenant`` (every tenant when ``None``) under ``prefix``.
 
@@ -304,6 +306,8 @@ def run_ingest(
         force: re-embed the head version of every document in scope, even when already indexed.
         retry_failed: first set failed versions with an open dead letter back to ``pending`` (replayed).
         fault_injection: tests only: kill stage workers at random (:class:`FaultInjection`).
+        on_progress: called with :class:`pipelines.progress.IngestProgress` readings: once the versions are
+            claimed, about once a second while they are indexed, and once every outcome is recorded.
 
     Returns:
         The summary of the run.
@@ -355,10 +359,15 @@ def run_ingest(
             logger.info("%d versions in scope are being indexed by another run; left to it",
                         summary.versions_held_elsewhere)
         lap("claim")
+        if on_progress is not None:
+            on_progress(IngestProgress(total=len(claimed)))
         if claimed:
             changed = True
             with LeaseKeeper(catalog, run_id, settings.ingest_lease_s):
-                _index(settings, catalog, store, claimed, summary, fault_injection, run_id=run_id)
+                _index(settings, catalog, store, claimed, summary, fault_injection, run_id=run_id,
+                       on_progress=on_progress)
+            if on_progress is not None:
+                on_progress(IngestProgress(len(claimed), len(claimed), summary.documents_failed, summary.chunks_embedded))
             lap("record")
             summary.stage_seconds["record"] = round(summary.stage_seconds["record"] - summary.stage_seconds.get("dataset", 0), 3)
         if changed:
@@ -372,7 +381,7 @@ def run_ingest(
 
 
 def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: list[Claim], summary: IngestSummary,
-           faults: FaultInjection | None, *, run_id: str) -> None:
+           faults: FaultInjection | None, *, run_id: str, on_progress: ProgressCallback | None = None) -> None:
     """Index the claimed versions: resume what a dead run left, run the dataset over the rest, record outcomes.
 
     Outcomes are recorded only for versions this run still holds: one taken over by another run (this run's lease
@@ -393,8 +402,9 @@ def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: li
     store.ensure_indexes(metadata_indexes([c.version.metadata for c in todo]))
     if todo:
         started = time.perf_counter()
-        outcomes = _run_dataset(settings, [version_row(c.version) for c in todo], ray.cluster_resources(),
-                                shown=in_place, faults=faults)
+        with LiveProgress(on_progress, total=len(claimed), done=len(finished)) as live:
+            outcomes = _run_dataset(settings, [version_row(c.version) for c in todo], ray.cluster_resources(),
+                                    shown=in_place, faults=faults, live=live)
         summary.stage_seconds["dataset"] = round(time.perf_counter() - started, 3)
         # Worker-seconds spent writing points, within the dataset's wall time (the store is not the bottleneck
         # while this stays a small share of it).
@@ -512,7 +522,8 @@ def _smallest_node_cpus() -> float | None:
 
 def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float], *,
                  shown: frozenset[tuple[str, int]] = frozenset(),
-                 faults: FaultInjection | None = None) -> dict[tuple[str, int], VersionOutcome]:
+                 faults: FaultInjection | None = None,
+                 live: LiveProgress | None = None) -> dict[tuple[str, int], VersionOutcome]:
     """Run prepare → image → audio (with an ASR model) → embed → sink over the document rows.
 
     Each heavy stage has its own actor pool (:class:`Resources`). Returns the sink's outcome per version.
@@ -567,7 +578,7 @@ def _run_dataset(settings: Settings, rows: list[dict], cluster: dict[str, float]
     # All embed actors start at once: each loads the model.
     ds = model_stage(ds, embed_cls, actors=res.embed_actors, cpus=res.embed_cpus, gpus=res.embed_gpus,
                      threads=res.embed_threads, batch_size=settings.embed_batch_size * 16, fixed=True)
-    sink = QdrantDatasink(settings, shown=shown)
+    sink = live.sink(settings, shown=shown) if live is not None else QdrantDatasink(settings, shown=shown)
     try:
         ds.write_datasink(sink, ray_remote_args={"max_retries": WRITE_TASK_RETRIES, "num_cpus": Resources.WRITE_CPUS})
     except Exception as exc:

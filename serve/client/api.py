@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -52,13 +52,14 @@ class SluiceClient:
     Args:
         url: the server's base URL (``http://127.0.0.1:8000``).
         tenant: sent as ``X-User-ID``.
+        api_key: sent as ``Authorization: Bearer <key>`` when given (for a server that requires one).
         timeout_s: seconds per request (connect, read, write).
         attempts: tries per request, the first included.
         transport: an ``httpx`` transport (a seam for tests: ``httpx.MockTransport``).
     """
 
     def __init__(
-        self, url: str, tenant: str, *, timeout_s: float = 120.0, attempts: int = 6,
+        self, url: str, tenant: str, *, api_key: str | None = None, timeout_s: float = 120.0, attempts: int = 6,
         transport: httpx.BaseTransport | None = None, max_wait_s: float = 20.0,
     ) -> None:
         if not url.startswith(("http://", "https://")):
@@ -71,8 +72,9 @@ class SluiceClient:
         self.tenant = tenant
         self.attempts = attempts
         self.max_wait_s = max_wait_s
+        headers = {"X-User-ID": tenant} | ({"Authorization": f"Bearer {api_key}"} if api_key else {})
         self.http = httpx.Client(
-            base_url=self.url, timeout=timeout_s, transport=transport, headers={"X-User-ID": tenant},
+            base_url=self.url, timeout=timeout_s, transport=transport, headers=headers,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
 
@@ -80,7 +82,7 @@ class SluiceClient:
         """Close the connections."""
         self.http.close()
 
-    def __enter__(self) -> "SluiceClient":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -110,7 +112,7 @@ class SluiceClient:
         except _Retryable as exc:
             return exc.response
 
-    def _json(self, response: httpx.Response, *ok: int) -> dict[str, Any]:
+    def _json(self, response: httpx.Response, *ok: int) -> Any:
         if response.status_code not in ok:
             raise ApiAnswerError(response)
         return response.json() if response.content else {}
@@ -170,14 +172,18 @@ class SluiceClient:
     # -- search --------------------------------------------------------------------------------------------------
 
     def search(self, query: str, *, top_k: int = 10, mode: str = "hybrid", path_prefix: str = "",
-               metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+               metadata: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
         """``POST /v1/search``; ``metadata``: only documents whose metadata has these values (``filters.metadata``).
 
+        ``options``: any other field of the request body (``offset``, ``fusion``, ``modalities``, ``version``,
+        ``filters``...), passed as it is, so the client need not change when the server learns a new one;
+        ``path_prefix`` and ``metadata`` are added to ``filters``.
+
         Raises:
-            ApiAnswerError: any answer but 200.
+            ApiAnswerError: any answer but 200 (422 for an option the server does not know).
         """
-        body: dict[str, Any] = {"query": query, "top_k": top_k, "mode": mode}
-        filters: dict[str, Any] = {}
+        body: dict[str, Any] = {"query": query, "top_k": top_k, "mode": mode, **options}
+        filters: dict[str, Any] = dict(options.get("filters") or {})
         if path_prefix:
             filters["path_prefix"] = path_prefix
         if metadata:

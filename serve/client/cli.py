@@ -4,10 +4,12 @@
     sluice search "query" [--top-k 10] [--mode hybrid|dense|sparse] [--prefix P] [--json]
 
 The server is ``--url`` or ``$SLUICE_URL`` (default http://127.0.0.1:8000); the caller is ``--tenant`` or
-``$SLUICE_TENANT``. ``upload`` sends files and folders (a folder keeps its name: ``docs/a.md`` under ``--to kb``
-becomes ``kb/docs/a.md``), resumes uploads an earlier run left unfinished (state in ``$SLUICE_STATE_FILE``, by
-default ``~/.local/state/sluice/uploads.json``), and prints one line per file. Exit status: 0 when every file is
-stored, 1 when some failed, 2 when the server cannot be reached or the arguments are wrong.
+``$SLUICE_TENANT``; ``$SLUICE_API_KEY`` (or ``--api-key``), when set, is sent as ``Authorization: Bearer``.
+``upload`` sends files and folders (a folder keeps its name: ``docs/a.md`` under ``--to kb`` becomes
+``kb/docs/a.md``), resumes uploads an earlier run left unfinished (state in ``$SLUICE_STATE_FILE``, by default
+``~/.local/state/sluice/uploads.json``), and prints one line per file. Exit status: 0 when every file is stored, 1
+when some failed, 2 when the server cannot be reached or the arguments are wrong. Programs use the same client as
+a library: ``serve.client.Client``.
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ import json
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from serve.client.api import DEFAULT_URL, ApiAnswerError, SluiceClient
-from serve.client.state import StateFile, default_state_path
-from serve.client.uploader import FileResult, Uploader, plan
+from serve.client.library import Client
+from serve.client.uploader import FileResult, plan
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 MiB = 1024**2
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="server base URL (default: $SLUICE_URL or %(default)s)")
     parser.add_argument("--tenant", default=os.environ.get("SLUICE_TENANT", ""),
                         help="your tenant, sent as X-User-ID (default: $SLUICE_TENANT)")
+    parser.add_argument("--api-key", default=os.environ.get("SLUICE_API_KEY") or None,
+                        help="sent as Authorization: Bearer (default: $SLUICE_API_KEY; prefer it, a command line shows in ps)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each request")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,7 +96,7 @@ def _describe(result: FileResult) -> str:
     return f"{what} {result.remote} ({result.size / MiB:.1f} MiB) -> document {result.document_id} version {result.version}"
 
 
-def run_upload(args: argparse.Namespace, client: SluiceClient) -> int:
+def run_upload(args: argparse.Namespace, client: Client) -> int:
     """The ``upload`` command."""
     if args.parallel < 1 or args.jobs < 1:
         print("sluice: --parallel and --jobs must be at least 1", file=sys.stderr)
@@ -113,17 +116,17 @@ def run_upload(args: argparse.Namespace, client: SluiceClient) -> int:
 
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{len(files)} file(s)",
                disable=args.no_progress or args.json or not sys.stderr.isatty(), file=sys.stderr)
-    uploader = Uploader(client, StateFile(args.state_file or default_state_path()), parallel=args.parallel,
-                        part_size=args.part_size_mib * MiB or None, on_progress=bar.update, metadata=metadata)
-    failed = 0
+
+    def report(result: FileResult) -> None:
+        line = json.dumps(dataclasses.asdict(result), ensure_ascii=False) if args.json else _describe(result)
+        bar.write(line, file=sys.stdout)
+
     try:
-        with ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="file") as pool:
-            for result in pool.map(lambda item: uploader.upload(*item), files):
-                failed += not result.ok
-                line = json.dumps(dataclasses.asdict(result), ensure_ascii=False) if args.json else _describe(result)
-                bar.write(line, file=sys.stdout)
+        results = client.upload(args.paths, args.to, args.parallel, metadata, jobs=args.jobs,
+                                part_size=args.part_size_mib * MiB or None, on_progress=bar.update, on_result=report)
     finally:
         bar.close()
+    failed = sum(not r.ok for r in results)
     if not args.json:
         print(f"{len(files) - failed} of {len(files)} file(s) stored", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None, *, transport: httpx.BaseTransport | None
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        client = SluiceClient(args.url, args.tenant, timeout_s=args.timeout, transport=transport)
+        client = Client(args.url, args.tenant, api_key=args.api_key, timeout_s=args.timeout, transport=transport,
+                        state_file=getattr(args, "state_file", None))
     except ValueError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return EXIT_USAGE

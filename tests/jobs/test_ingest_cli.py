@@ -51,11 +51,19 @@ def test_the_env_file_drives_the_job_and_its_last_line_is_the_summary(ray_local,
     summary = json.loads(first.stdout.strip().splitlines()[-1])
     assert SUMMARY_KEYS <= set(summary)
     assert summary["documents_indexed"] == 1 and summary["chunks_indexed"] == 1
+    # Not a terminal: plain progress lines on stderr, ours only (Ray Data's own progress is off).
+    assert "ingest: 0/1 documents (0%)" in first.stderr and "ingest: 1/1 documents (100%)" in first.stderr
+    assert "Running Dataset" not in first.stderr + first.stdout
 
     second = run_job(env_file, "--tenant", "cli", "--scan")
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads(second.stdout.strip().splitlines()[-1])
     assert again["documents_indexed"] == 0 and again["documents_unchanged"] == 1
+    assert "ingest: 0/0 documents" in second.stderr
+
+    quiet = run_job(env_file, "--tenant", "cli", "--progress", "off")
+    assert quiet.returncode == 0 and "ingest: 0/0 documents" not in quiet.stderr
+    assert json.loads(quiet.stdout.strip().splitlines()[-1])["documents_unchanged"] == 1
 
 
 def test_an_unreachable_database_exits_non_zero_naming_it(ray_local, make_settings, unused_port, tmp_path):
@@ -79,3 +87,12 @@ def test_retry_failed_is_an_option_of_the_job():
 
     assert parse_args(["--retry-failed", "--tenant", "t"]).retry_failed is True
     assert parse_args([]).retry_failed is False
+
+
+def test_progress_is_an_option_of_the_job():
+    from jobs.ingest import parse_args
+
+    assert parse_args([]).progress == "auto"
+    assert parse_args(["--progress", "lines"]).progress == "lines"
+    with pytest.raises(SystemExit):
+        parse_args(["--progress", "loud"])
