@@ -262,3 +262,14 @@ class Catalog(VersionLifecycle, DeadLetters, IndexModels):
             ).fetchone()
         )
         return int(row["n"])
+
+    def pending_versions(self) -> int:
+        """Head versions of live documents, every tenant, waiting for an ingest (``pending``): the backlog."""
+        row = self._run(
+            lambda conn: conn.execute(
+                "SELECT count(*) AS n FROM document_versions v "
+                "JOIN documents d ON v.document_id = d.document_id AND v.version = d.head_version "
+                "WHERE NOT d.deleted AND v.status = 'pending'"
+            ).fetchone()
+        )
+        return int(row["n"])

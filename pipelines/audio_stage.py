@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from core import metrics
 from core.errors import IngestError
 from core.metadata import decode, encode
 from core.settings import Settings
@@ -71,6 +72,7 @@ class AudioStage:
         if hasattr(self.transcriber, "warm_up"):
             self.transcriber.warm_up()
 
+    @metrics.timed("audio")
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Replace the batch's pending recording rows by their transcript segments."""
         n = len(batch[C.DOCUMENT_ID])

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from core import metrics
 from core.errors import ExtractionError, IngestError
 from core.settings import Settings
 from pipelines import columns as C
@@ -95,6 +96,7 @@ class ImageStage:
             self.clip.warm_up() if hasattr(self.clip, "warm_up") else None
         self._warm = True
 
+    @metrics.timed("image")
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Replace the batch's pending picture rows by their image chunks; pass the other rows through."""
         n = len(batch[C.DOCUMENT_ID])

@@ -33,7 +33,7 @@ import random
 import time
 from pathlib import Path
 
-from core import lifecycle
+from core import lifecycle, metrics
 from core.cache import Cache
 from core.catalog import Catalog, Claim
 from core.errors import ConfigurationError, ServiceUnavailableError
@@ -374,6 +374,7 @@ def run_ingest(
             lifecycle.bump_generation(cache)
         summary.documents_unchanged = max(0, summary.documents_seen - summary.documents_indexed - summary.documents_failed
                                           - summary.versions_held_elsewhere - summary.versions_taken_over)
+        metrics.record_ingest(summary, pending=catalog.pending_versions)
     finally:
         catalog.close()
     summary.seconds = round(time.perf_counter() - started, 3)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from core import metrics
 from core.errors import ExtractionError, IngestError
 from core.metadata import clean_properties, encode
 from core.objects import ObjectStore
@@ -157,6 +158,7 @@ class PrepareStage:
 
         return list(self._readers.map(read, rows))
 
+    @metrics.timed("prepare")
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Turn a batch of document rows into chunk rows (a document's rows, or its one error row)."""
         writer = RowWriter()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import models
 
+from core import metrics
 from core.ids import point_id
 from core.metadata import decode
 from core.settings import Settings
@@ -179,6 +180,7 @@ class QdrantDatasink(Datasink[dict]):
         self.shown = frozenset(shown)
         self.outcomes: dict[tuple[str, int], VersionOutcome] = {}
 
+    @metrics.timed("write")
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
         """Write the blocks' chunk rows; return ``{(document_id, version): VersionOutcome}``."""
         store = self.store or VectorStore(self.settings)

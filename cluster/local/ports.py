@@ -55,6 +55,8 @@ PORTS: dict[str, PortSetting] = {
     "s3": PortSetting("S3", "SLUICE_S3_PORT", 58333),
     "ray": PortSetting("Ray GCS", "SLUICE_RAY_PORT", 6380),
     "dashboard": PortSetting("Ray dashboard", "SLUICE_DASHBOARD_PORT", 8265),
+    # The head's metrics agent: Prometheus text of Ray's, Serve's and Sluice's metrics (``SLUICE_METRICS_URL``).
+    "metrics": PortSetting("Ray metrics export", "SLUICE_METRICS_PORT", 58080),
     # Checked free before Serve is deployed on a fresh head; Serve itself listens on the port of the config's
     # http_options (serve/config.yaml), which should match.
     "serve": PortSetting("Ray Serve HTTP", "SLUICE_SERVE_PORT", 8000),

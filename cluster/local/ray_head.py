@@ -88,6 +88,8 @@ class RayHead(ServerHandle):
         session_name: Ray's session name, found in the command line of every process of this head.
         temp_dir: Ray's temp folder of this head.
         auth_mode: ``RAY_AUTH_MODE`` of the head (``token`` or ``disabled``); clients need the same value.
+        metrics_port: Port of the head's metrics agent (``ray start --metrics-export-port``); 0 when not known
+            (a head recorded before the port was fixed: Ray picked one at random).
     """
 
     kind: ClassVar[str] = "ray"
@@ -96,6 +98,15 @@ class RayHead(ServerHandle):
     session_name: str
     temp_dir: Path
     auth_mode: str = "disabled"
+    metrics_port: int = 0
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Prometheus text of the head node's metrics (Ray's, Serve's and Sluice's ``ray_sluice_*``), or ``None``.
+
+        Each Ray node serves its own processes' metrics; on the local stack the head is the only node.
+        """
+        return f"http://{LOOPBACK}:{self.metrics_port}/metrics" if self.metrics_port else None
 
     def is_running(self) -> bool:
         """Whether the head's GCS server still runs. Returns: ``True`` while it does."""
@@ -183,6 +194,7 @@ def start_ray_head(
     temp_dir: str | os.PathLike[str] | None = None,
     log_path: str | os.PathLike[str] | None = None,
     timeout_s: float = 120.0,
+    metrics_port: int | None = None,
 ) -> RayHead:
     """Start a Ray head on ``127.0.0.1`` with ``ray start --head``; its dashboard listens on ``127.0.0.1`` only.
 
@@ -202,17 +214,22 @@ def start_ray_head(
         temp_dir: Ray's temp folder for this head (keep the path short: Ray puts unix sockets in it).
         log_path: File for the output of ``ray start``; a temporary file when omitted.
         timeout_s: Seconds to wait for ``ray start`` and then for the dashboard.
+        metrics_port: Port of the metrics agent (``--metrics-export-port``), fixed so that a Prometheus scrape
+            configuration and ``SLUICE_METRICS_URL`` stay valid across restarts; ``None``: a free port.
 
     Returns:
         The head's handle; ``.address`` is the GCS address, ``.dashboard_url`` the dashboard.
 
     Raises:
-        PortInUseError: When ``port`` or ``dashboard_port`` is taken.
+        PortInUseError: When ``port``, ``dashboard_port`` or ``metrics_port`` is taken.
         ServerStartError: When ``ray start`` fails or the dashboard does not answer (with the tail of the log).
         StackError: When the ``ray`` command cannot be found.
     """
     check_port_free(port, "Ray GCS", "SLUICE_RAY_PORT")
     check_port_free(dashboard_port, "Ray dashboard", "SLUICE_DASHBOARD_PORT")
+    if metrics_port is not None:
+        check_port_free(metrics_port, "Ray metrics export", "SLUICE_METRICS_PORT")
+    metrics_port = metrics_port if metrics_port is not None else free_port()
     ray = _find_executable("ray", "install Ray (pip install 'ray[default]')")
     temp = (Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir()) / f"sluice-ray-{port}").absolute()
     temp.mkdir(parents=True, exist_ok=True)
@@ -230,7 +247,8 @@ def start_ray_head(
     client_port = 10001 if not port_answers(10001) else free_port()
     cmd = [ray, "start", "--head", f"--node-ip-address={LOOPBACK}", f"--port={port}",
            f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
-           f"--ray-client-server-port={client_port}", f"--temp-dir={temp}", "--disable-usage-stats"]
+           f"--ray-client-server-port={client_port}", f"--metrics-export-port={metrics_port}", f"--temp-dir={temp}",
+           "--disable-usage-stats"]
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = _spawn(cmd, log, env=child_env, cwd=REPO_ROOT)
     try:
@@ -286,6 +304,7 @@ def start_ray_head(
         session_name=session_name,
         temp_dir=temp,
         auth_mode=auth_mode,
+        metrics_port=metrics_port,
     )
     logger.info("Ray head ready: %s, dashboard %s", handle.address, dashboard_url)
     return handle

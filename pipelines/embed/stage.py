@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core import metrics
 from core.settings import Settings
 from pipelines import columns as C
 from pipelines.embed.manager import EmbeddingManager
@@ -35,6 +36,7 @@ class EmbedStage:
         self.encoder.warm_up()
         self.dim = self.encoder.dimension
 
+    @metrics.timed("embed")
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Add the ``embedding`` column to a batch of chunk rows."""
         n = len(batch[C.TEXT])

@@ -29,6 +29,7 @@ from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from core import metrics
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
 from serve.http import ApiError, install_common_handlers, read_json_body, tenant_of, validation_detail
@@ -194,9 +195,11 @@ class SearchAPI:
             return await asyncio.wait_for(_await(response), timeout=SEARCH_TIMEOUT_S)
         except BackPressureError as exc:
             logger.warning("search overloaded: %s", exc)
+            metrics.search_overload("overloaded")
             return _error(503, "overloaded", "too many searches in flight; retry shortly", **{"Retry-After": str(RETRY_AFTER_S)})
         except asyncio.TimeoutError:
             response.cancel()
+            metrics.search_overload("timeout")
             return _error(503, "timeout", f"the search took over {SEARCH_TIMEOUT_S:.0f} s", **{"Retry-After": str(RETRY_AFTER_S)})
 
     @api.post("/", response_model=SearchAnswer, responses=_ERRORS, openapi_extra=openapi.json_body(SearchRequest))

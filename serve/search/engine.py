@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from qdrant_client import models
 
+from core import metrics
 from core.cache import Cache
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
@@ -177,9 +178,12 @@ class SearchEngine:
             return None, None
         key = self.cache.key("search", generation, self.cache_params(tenant, req))
         hit = self.cache.get_json(key)
+        metrics.search_cache(hit is not None)
         if hit is None:
             return key, None
-        return key, {"results": hit, "took_ms": _ms(started), "cached": True}
+        answer = {"results": hit, "took_ms": _ms(started), "cached": True}
+        metrics.search_answered(req.mode, answer)
+        return key, answer
 
     # --- step 2: query embeddings ------------------------------------------------------------------------------
 
@@ -299,6 +303,7 @@ class SearchEngine:
             if key is not None:
                 self.cache.set_json(key, results)
             out.append({"results": results, "took_ms": _ms(started), "cached": False})
+            metrics.search_answered(req.mode, out[-1])
         return out
 
     def _link_previews(self, tenant: str, results: list[dict[str, Any]]) -> None:

@@ -130,6 +130,18 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+def test_the_env_file_names_the_metrics_endpoint(tmp_path: Path) -> None:
+    """``SLUICE_METRICS_URL`` is the head's metrics agent; a head recorded without a metrics port gets none."""
+    head = stack.RayHead(name="ray", pid=1, port=6380, log_path=tmp_path / "ray.log", address="127.0.0.1:6380",
+                         dashboard_url="http://127.0.0.1:8265", session_name="session_x", temp_dir=tmp_path,
+                         metrics_port=58080)
+    exported = _read_env_file(stack.write_env_file(tmp_path, {}, head, None))
+    assert exported["SLUICE_METRICS_URL"] == "http://127.0.0.1:58080/metrics"
+    old = stack.handle_from_state({k: v for k, v in head.to_state().items() if k != "metrics_port"})
+    assert isinstance(old, stack.RayHead) and old.metrics_url is None
+    assert "SLUICE_METRICS_URL" not in _read_env_file(stack.write_env_file(tmp_path, {}, old, None))
+
+
 def test_up_status_down_from_the_command_line(tmp_path: Path) -> None:
     """``up`` (without Ray), a second ``up``, a restart of a dead part, ``status``, ``down``, ``down --purge``."""
     state_dir = tmp_path / "state"
@@ -214,10 +226,14 @@ def test_ray_head_workers_inherit_env_and_serve_deploys(tmp_path: Path) -> None:
         "  import_path: probe_app:app\n"
         f"  runtime_env: {{env_vars: {{PYTHONPATH: '{tmp_path}'}}}}\n"
     )
+    metrics_port = stack.free_port()
     head = stack.start_ray_head(stack.free_port(), stack.free_port(), {"SLUICE_PROBE": "inherited"},
-                                log_path=tmp_path / "ray-start.log")
+                                log_path=tmp_path / "ray-start.log", metrics_port=metrics_port)
     try:
         assert head.answers()
+        assert head.metrics_url == f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(head.metrics_url, timeout=30) as response:
+            assert b"ray_" in response.read()  # Ray's own series, served by the head's metrics agent
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "RAY_"))}
         env.update(RAY_ADDRESS=head.address, RAY_AUTH_MODE=head.auth_mode)
         code = (

@@ -13,6 +13,7 @@ from core.ids import point_id
 from core.vectorstore import SPARSE_VECTOR, TEXT_VECTOR, VectorStore
 from pipelines.embed.dense import TextEncoder
 from pipelines.sparse import Bm25Encoder
+from tests.serve.search_helpers import storm
 
 pytestmark = pytest.mark.integration
 
@@ -54,17 +55,8 @@ def base_url(ray_local, make_settings, serve_http):
     return serve_http(app, "search-tiny", route_prefix="/v1/search")
 
 
-async def _storm(url: str, n: int) -> list[httpx.Response]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as client:
-        return await asyncio.gather(*(
-            client.post(url, json={"query": f"rivers and seas, variant {i}", "mode": "hybrid"},
-                        headers={"X-User-ID": "acme"})
-            for i in range(n)
-        ))
-
-
 def test_overload_answers_503_json_quickly_and_nothing_hangs(base_url):
-    responses = asyncio.run(_storm(f"{base_url}/v1/search", 40))
+    responses = asyncio.run(storm(f"{base_url}/v1/search", 40))
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, [r.text for r in responses if r.status_code not in (200, 503)][:3]
     rejected = [r for r in responses if r.status_code == 503]
