@@ -28,6 +28,9 @@ from tests.serve.upload_helpers import PART, Uploads, new_tenant, random_bytes, 
 
 pytestmark = pytest.mark.integration
 
+#: Its own tenant: the catalog is the session's, and another module's "acme" documents would read as unchanged.
+TENANT = new_tenant()
+
 DOCS = {
     "guide/rivers.md": "# Rivers\n\nThe Danube flows through ten countries before it reaches the Black Sea.\n",
     "guide/parts.md": "# Spare parts\n\nOrder the replacement gasket QX-7731B for the pump housing.\n",
@@ -73,7 +76,7 @@ def run(ray_local, make_settings, serve_http):
     objects = ObjectStore(settings)
     objects.ensure_bucket()
     for path, text in DOCS.items():
-        objects.put_bytes(f"acme/{path}", text.encode())
+        objects.put_bytes(f"{TENANT}/{path}", text.encode())
     first = run_ingest(settings, scan=True)
     assert (first.documents_indexed, first.documents_failed) == (3, 1), first
     assert first.failures == {"empty_file": 1}
@@ -87,11 +90,11 @@ def run(ray_local, make_settings, serve_http):
     cached = []
     for mode, query in SEARCHES:
         r = httpx.post(f"{search_url}/v1/search", json={"query": query, "mode": mode, "top_k": 2},
-                       headers={"X-User-ID": "acme"}, timeout=60)
+                       headers={"X-User-ID": TENANT}, timeout=60)
         assert r.status_code == 200, r.text
         cached.append(r.json()["cached"])
     assert cached == [False, False, False, True]
-    stormed = asyncio.run(storm(f"{search_url}/v1/search", STORM))
+    stormed = asyncio.run(storm(f"{search_url}/v1/search", STORM, TENANT))
     codes = [r.json().get("error", "ok") if r.status_code == 503 else r.status_code for r in stormed]
     assert set(codes) <= {200, "overloaded", "timeout"}, codes
     assert "overloaded" in codes, "30 searches at once against 1 ongoing + 1 queued slot must turn some away"
@@ -106,7 +109,7 @@ def run(ray_local, make_settings, serve_http):
     refused = uploads.complete(created.json()["upload_id"])
     assert refused.status_code == 422 and refused.json()["error"] == "checksum_mismatch"
 
-    second = run_ingest(settings, tenant="acme")  # the uploaded version (another tenant) stays pending
+    second = run_ingest(settings, tenant=TENANT)  # the uploaded version (another tenant) stays pending
     assert second.documents_unchanged == 4 and second.documents_indexed == 0, second
     pending = Catalog(settings).pending_versions()  # the session's catalog: other modules' versions count too
     assert pending >= 1
