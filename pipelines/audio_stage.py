@@ -106,17 +106,22 @@ class AudioStage:
                     self._extra(extra, batch, i)
                 continue
             writer.add(row, **{name: _item(batch[name][i]) for name in C.CHUNK_COLUMNS if name in batch})
-            self._extra(extra, batch, i)
+            self._extra(extra, batch, i, passed_through=True)
         out = writer.columns()
         for name, values in extra.items():  # e.g. image_embedding: zero rows for the segments
             out[name] = np.stack(values) if values and isinstance(values[0], np.ndarray) else values
         return out
 
     @staticmethod
-    def _extra(extra: dict[str, list], batch: dict[str, np.ndarray], i: int) -> None:
+    def _extra(extra: dict[str, list], batch: dict[str, np.ndarray], i: int, *, passed_through: bool = False) -> None:
+        """Carry the columns of other stages (``image_embedding``) for one output row from input row ``i``.
+
+        A row passed through keeps its values (an image chunk's CLIP vector); a segment or an error row made from a
+        recording gets zeros in array columns (it has no picture).
+        """
         for name, values in extra.items():
             value = batch[name][i]
-            values.append(np.zeros_like(value) if isinstance(value, np.ndarray) else value)
+            values.append(np.zeros_like(value) if isinstance(value, np.ndarray) and not passed_through else value)
 
     def _segments(self, batch: dict[str, np.ndarray], i: int) -> list[dict[str, Any]]:
         from pipelines.asr import segments_to_chunks
