@@ -65,6 +65,21 @@ def snapshot(settings) -> list[tuple[str, dict]]:
                   for r in VectorStore(settings).scroll())
 
 
+def pipe(src, dst) -> None:
+    """Copy bytes from socket ``src`` to ``dst`` until either side closes, then shut both down (a proxy's half)."""
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(2)  # SHUT_RDWR
+            except OSError:
+                pass
+
+
 class FlakyProxy:
     """A TCP proxy on a free loopback port that drops its first ``drop`` connections, then forwards the rest.
 
@@ -100,21 +115,7 @@ class FlakyProxy:
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(2)
-                except OSError:
-                    pass
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         self._closed = True
