@@ -13,9 +13,13 @@ repairs, and so that search never shows two versions of a document, nor none whi
   records it, the generation advances.
 * **metadata** (:func:`replace_metadata`): the catalog records it for the shown and head versions, their points'
   payload follows, the generation advances.
-* **delete**: the catalog marks the document deleted first (so no run indexes it again), then its points leave
-  the index (one filter: every version, every named vector), the generation advances, and with
-  ``settings.delete_objects`` its objects leave S3. Repeating a delete finishes one that was interrupted.
+* **delete**: the catalog marks the document deleted first (so no run indexes it again, and search, which checks
+  every answer against the catalog's deletes, ``core.tombstones``, shows it no more from that commit on), a Redis
+  tombstone backs that up for searches made while PostgreSQL is unreachable, then its points leave the index (one
+  filter: every version, every named vector; retried), the generation advances, and with
+  ``settings.delete_objects`` its objects leave S3. A vector store that still fails after the retries does not
+  fail the delete: the document is deleted (search never shows it), and ``jobs.reconcile`` removes its points,
+  as orphans of a deleted document; repeating the delete removes them too.
 
 Advancing the generation must not be skipped: a cached answer from before a delete would otherwise stay
 reachable. :func:`bump_generation` retries Redis and then raises ``ServiceUnavailableError("redis", ...)``.
@@ -31,12 +35,17 @@ from core.cache import Cache
 from core.catalog import Catalog
 from core.errors import ServiceUnavailableError
 from core.objects import ObjectStore
+from core.retry import call_with_retry
 from core.settings import Settings
+from core.tombstones import Tombstones
 from core.types import Document
 from core.vectorstore import VectorStore
 
 logger = logging.getLogger(__name__)
 
+#: Attempts to remove a deleted document's points, and the longest pause between two (seconds).
+DELETE_POINTS_ATTEMPTS = 4
+DELETE_POINTS_MAX_WAIT_S = 2.0
 #: Attempts to advance the index generation before giving up, and the pause between them (seconds, doubling).
 GENERATION_ATTEMPTS = 4
 GENERATION_BACKOFF_S = 0.25
@@ -183,6 +192,10 @@ def delete_document(settings: Settings, document_id: str, *, catalog: Catalog | 
                     cache: Cache | None = None, objects: ObjectStore | None = None, bump: bool = True) -> Document | None:
     """Delete a document everywhere: catalog (rows kept, marked deleted), index, cache, and S3 when configured.
 
+    Search never shows the document again once the catalog has it deleted (the engine checks every answer against
+    it), so the point removal may fail without the delete failing: it is retried (exponential backoff with jitter,
+    ``DELETE_POINTS_ATTEMPTS``), and points a vector store still refuses are left to ``jobs.reconcile``, logged.
+
     Args:
         bump: advance the index generation now (``False``: the caller does it once for many deletes).
 
@@ -190,16 +203,24 @@ def delete_document(settings: Settings, document_id: str, *, catalog: Catalog | 
         The document as it was before, or ``None`` when there is none (nothing is done then).
 
     Raises:
-        ServiceUnavailableError: a service is unreachable (repeat the call: it finishes an interrupted delete).
+        ServiceUnavailableError: PostgreSQL, Redis (the generation) or S3 unreachable (repeat the call: it finishes
+            an interrupted delete). Not for the vector store (above).
     """
     catalog = catalog or Catalog(settings)
     store = store or VectorStore(settings)
+    cache = cache or Cache(settings)
     before = catalog.mark_deleted(document_id)
     if before is None:
         return None
-    store.delete_document(document_id)
+    Tombstones(settings, catalog=catalog, cache=cache).record(before.tenant, document_id, before.head_version)
+    try:
+        call_with_retry("qdrant", store.delete_document, document_id, transient=(ServiceUnavailableError,),
+                        attempts=DELETE_POINTS_ATTEMPTS, max_wait_s=DELETE_POINTS_MAX_WAIT_S)
+    except ServiceUnavailableError as exc:
+        logger.warning("document %s is deleted but its points could not be removed (search hides them; "
+                       "python -m jobs.reconcile removes them): %s", document_id, exc)
     if bump:
-        bump_generation(cache or Cache(settings))
+        bump_generation(cache)
     if settings.delete_objects:
         objects = objects or ObjectStore(settings)
         for key in sorted({v.object_key for v in catalog.list_versions(document_id)}):

@@ -54,72 +54,82 @@ class VersionLifecycle:
         Raises:
             InvalidPathError: a bad path.
         """
+        return self._run(lambda conn: self.register_version_in(
+            conn, tenant, path, object_key=object_key, sha256=sha256, size=size, content_type=content_type, etag=etag,
+            metadata=metadata, metadata_source=metadata_source,
+        ))
+
+    def register_version_in(
+        self, conn: psycopg.Connection, tenant: str, path: str, *, object_key: str, sha256: str, size: int,
+        content_type: str = "", etag: str = "", metadata: dict | None = None, metadata_source: str = "upload",
+    ) -> Registration:
+        """:meth:`register_version` inside the caller's transaction ``conn`` (no retry: the caller owns it).
+
+        An upload's promotion registers its version in the same transaction that holds the path's lock and marks the
+        upload completed, so that the version, the upload's answer and its event commit together or not at all.
+        """
         path = normalise_path(path)
         doc_id = make_document_id(tenant, path)
-
-        def register(conn: psycopg.Connection) -> Registration:
-            conn.execute(
-                "INSERT INTO documents (document_id, tenant, path) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                (doc_id, tenant, path),
-            )
-            doc = conn.execute(
-                "SELECT head_version, deleted FROM documents WHERE document_id = %s FOR UPDATE", (doc_id,)
+        conn.execute(
+            "INSERT INTO documents (document_id, tenant, path) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (doc_id, tenant, path),
+        )
+        doc = conn.execute(
+            "SELECT head_version, deleted FROM documents WHERE document_id = %s FOR UPDATE", (doc_id,)
+        ).fetchone()
+        head = doc["head_version"]
+        if head and not doc["deleted"]:
+            row = conn.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM document_versions v JOIN documents d USING (document_id) "
+                "WHERE v.document_id = %s AND v.version = %s",
+                (doc_id, head),
             ).fetchone()
-            head = doc["head_version"]
-            if head and not doc["deleted"]:
-                row = conn.execute(
-                    f"SELECT {_VERSION_COLUMNS} FROM document_versions v JOIN documents d USING (document_id) "
-                    "WHERE v.document_id = %s AND v.version = %s",
-                    (doc_id, head),
-                ).fetchone()
-                if row["sha256"] == sha256:
-                    if etag and row["etag"] != etag or row["object_key"] != object_key:
-                        conn.execute(
-                            "UPDATE document_versions SET etag = %s, object_key = %s, updated_at = now() "
-                            "WHERE document_id = %s AND version = %s",
-                            (etag or row["etag"], object_key, doc_id, head),
-                        )
-                        row = {**row, "etag": etag or row["etag"], "object_key": object_key}
-                    return Registration(_version(row), created=False)
-            top = conn.execute(
-                "SELECT coalesce(max(version), 0) AS n FROM document_versions WHERE document_id = %s", (doc_id,)
-            ).fetchone()["n"]
-            new = top + 1
-            fields, source = metadata, metadata_source
-            if fields is None:
-                inherited = conn.execute(
-                    "SELECT metadata FROM document_versions WHERE document_id = %s AND version = %s",
-                    (doc_id, head),
-                ).fetchone() if head and not doc["deleted"] else None
-                fields, source = (dict(inherited["metadata"]), "inherited") if inherited else ({}, metadata_source)
+            if row["sha256"] == sha256:
+                if etag and row["etag"] != etag or row["object_key"] != object_key:
+                    conn.execute(
+                        "UPDATE document_versions SET etag = %s, object_key = %s, updated_at = now() "
+                        "WHERE document_id = %s AND version = %s",
+                        (etag or row["etag"], object_key, doc_id, head),
+                    )
+                    row = {**row, "etag": etag or row["etag"], "object_key": object_key}
+                return Registration(_version(row), created=False)
+        top = conn.execute(
+            "SELECT coalesce(max(version), 0) AS n FROM document_versions WHERE document_id = %s", (doc_id,)
+        ).fetchone()["n"]
+        new = top + 1
+        fields, source = metadata, metadata_source
+        if fields is None:
+            inherited = conn.execute(
+                "SELECT metadata FROM document_versions WHERE document_id = %s AND version = %s",
+                (doc_id, head),
+            ).fetchone() if head and not doc["deleted"] else None
+            fields, source = (dict(inherited["metadata"]), "inherited") if inherited else ({}, metadata_source)
+        conn.execute(
+            "INSERT INTO document_versions (document_id, version, object_key, sha256, size, content_type, etag, "
+            "metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (doc_id, new, object_key, sha256, size, content_type, etag, Jsonb(fields)),
+        )
+        if fields:
             conn.execute(
-                "INSERT INTO document_versions (document_id, version, object_key, sha256, size, content_type, etag, "
-                "metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (doc_id, new, object_key, sha256, size, content_type, etag, Jsonb(fields)),
+                "INSERT INTO metadata_changes (document_id, version, metadata, source) VALUES (%s, %s, %s, %s)",
+                (doc_id, new, Jsonb(fields), source),
             )
-            if fields:
-                conn.execute(
-                    "INSERT INTO metadata_changes (document_id, version, metadata, source) VALUES (%s, %s, %s, %s)",
-                    (doc_id, new, Jsonb(fields), source),
-                )
-            # Older versions nobody indexed yet are never indexed now: only the newest content is.
-            conn.execute(
-                "UPDATE document_versions SET status = 'superseded', written_count = NULL, updated_at = now() "
-                "WHERE document_id = %s AND version < %s AND status IN ('pending', 'indexing')",
-                (doc_id, new),
-            )
-            conn.execute(
-                "UPDATE documents SET head_version = %s, deleted = false, deleted_at = NULL, updated_at = now() "
-                "WHERE document_id = %s",
-                (new, doc_id),
-            )
-            return Registration(
-                Version(document_id=doc_id, version=new, tenant=tenant, path=path, object_key=object_key,
-                        sha256=sha256, size=size, content_type=content_type, etag=etag, metadata=dict(fields)),
-                created=True,
-            )
-
-        return self._run(register)
+        # Older versions nobody indexed yet are never indexed now: only the newest content is.
+        conn.execute(
+            "UPDATE document_versions SET status = 'superseded', written_count = NULL, updated_at = now() "
+            "WHERE document_id = %s AND version < %s AND status IN ('pending', 'indexing')",
+            (doc_id, new),
+        )
+        conn.execute(
+            "UPDATE documents SET head_version = %s, deleted = false, deleted_at = NULL, updated_at = now() "
+            "WHERE document_id = %s",
+            (new, doc_id),
+        )
+        return Registration(
+            Version(document_id=doc_id, version=new, tenant=tenant, path=path, object_key=object_key,
+                    sha256=sha256, size=size, content_type=content_type, etag=etag, metadata=dict(fields)),
+            created=True,
+        )
 
     def claim_versions(self, tenant: str | None, prefix: str = "", *, force: bool = False, run_id: str | None = None,
                        lease_s: float = DEFAULT_LEASE_S) -> list[Claim]:

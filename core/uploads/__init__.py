@@ -10,6 +10,10 @@ Consistency rules:
 - A part row is written only after S3 accepted the part, in a transaction that first takes a ``FOR SHARE`` lock on
   the upload row and checks that it is still ``pending`` (so an abort or an expiry, which take ``FOR UPDATE``, and a
   part record never interleave).
+- Every upload with bytes writes to its own staging key (:func:`staging_key`), never to ``<tenant>/<path>``; once
+  its SHA-256 checks out, it is promoted under the path's lock (:func:`lock_path`, a transaction-scoped advisory
+  lock): the copy to ``<tenant>/<path>``, the version's registration, the upload's answer and its event commit as
+  one step per path. A failed upload only ever removes its own staging key.
 - One completion at a time per upload: a PostgreSQL session-level advisory lock held on a dedicated connection for
   the whole completion (:class:`CompletionLock`). A process that dies loses its connection and with it the lock, so
   an upload left ``completing`` with its lock free is known to be abandoned (``jobs.janitor`` retries it).
@@ -21,7 +25,7 @@ Modules (each name is re-exported here, so ``from core.uploads import X`` works 
 - ``parts``: S3 multipart limits and :func:`plan_parts`.
 - ``model``: :class:`Upload`, :class:`UploadPart`, statuses, staging keys, :class:`Answer`.
 - ``state``: :class:`UploadStore`, the SQL on ``uploads`` and ``upload_parts``.
-- ``lock``: :class:`CompletionLock`.
+- ``lock``: :class:`CompletionLock`, :func:`lock_path`.
 - ``service``: :class:`UploadService`, the workflow (create, part, describe, complete, abort).
 - ``maintenance``: the janitor's steps of :class:`UploadService` (expire, retry, sweep).
 """
@@ -35,7 +39,7 @@ from core.uploads.errors import (
     UploadStateError,
     UploadTooLargeError,
 )
-from core.uploads.lock import LOCK_CLASS, CompletionLock
+from core.uploads.lock import LOCK_CLASS, PATH_LOCK_CLASS, CompletionLock, lock_path
 from core.uploads.maintenance import UploadMaintenance
 from core.uploads.model import (
     FINAL_STATUSES,
@@ -59,6 +63,7 @@ __all__ = [
     "MAX_PARTS",
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
+    "PATH_LOCK_CLASS",
     "STAGING_PREFIX",
     "STATUSES",
     "Answer",
@@ -76,6 +81,7 @@ __all__ = [
     "UploadStore",
     "UploadTooLargeError",
     "answer_json",
+    "lock_path",
     "plan_parts",
     "staging_key",
 ]

@@ -1,4 +1,5 @@
-"""The completion lock: one completion at a time per upload (:class:`CompletionLock`).
+"""The completion lock: one completion at a time per upload (:class:`CompletionLock`); and the path lock that
+serialises the promotion of verified bytes to a document's key (:func:`lock_path`).
 
 A PostgreSQL session-level advisory lock held on a dedicated connection for the whole completion. A process that
 dies loses its connection and with it the lock, so an upload left ``completing`` with its lock free is known to be
@@ -19,6 +20,36 @@ from core.uploads.state import _TRANSIENT
 
 #: Key class of the completion advisory locks (two-key form; the catalog uses the one-key form).
 LOCK_CLASS = 0x511CE
+#: Key class of the path (promotion) advisory locks: one per ``(tenant, path)``, i.e. per document id.
+PATH_LOCK_CLASS = 0x511CF
+
+
+def path_lock_key(document_id: str) -> int:
+    """The second key of a path lock: the first 4 bytes of the document id (a collision only serialises two paths)."""
+    return int.from_bytes(uuid.UUID(document_id).bytes[:4], "big", signed=True)
+
+
+def lock_path(conn: psycopg.Connection, document_id: str, wait_s: float, poll_s: float = 0.1) -> bool:
+    """Take the path lock of ``document_id`` in ``conn``'s transaction, polling for up to ``wait_s`` seconds.
+
+    A transaction-scoped advisory lock (``pg_try_advisory_xact_lock``): it is released by the commit that registers
+    the version, or by the rollback of a promotion that failed, and with the session of a process that died. So the
+    copy to ``<tenant>/<path>`` and the version that names those bytes are one step for every other promotion of
+    the path: the object always holds the bytes of the last version registered. Polling (rather than a blocking
+    ``pg_advisory_xact_lock``) keeps the wait bounded without touching the session's ``statement_timeout``.
+
+    Returns:
+        ``True`` when held; ``False`` when another promotion of the path held it for all of ``wait_s``.
+    """
+    key = path_lock_key(document_id)
+    deadline = time.monotonic() + wait_s
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS ok", (PATH_LOCK_CLASS, key)).fetchone()
+        if row["ok"]:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
 
 
 class CompletionLock:

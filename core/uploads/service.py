@@ -14,6 +14,7 @@ import mimetypes
 import uuid
 from typing import Any
 
+import psycopg
 from minio.error import S3Error
 
 from core import metrics
@@ -32,14 +33,17 @@ from core.uploads.errors import (
     UploadStateError,
     UploadTooLargeError,
 )
-from core.uploads.lock import CompletionLock
+from core.uploads.lock import CompletionLock, lock_path
 from core.uploads.maintenance import UploadMaintenance
 from core.uploads.model import FINAL_STATUSES, Answer, Upload, UploadPart, answer_json, staging_key
 from core.uploads.parts import plan_parts
+from core.uploads.state import _TRANSIENT as _PG_TRANSIENT
 from core.uploads.state import UploadStore, _uuid_or_none
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a completion waits for another upload of the same path to finish its promotion.
+PROMOTE_WAIT_S = 60.0
 #: SHA-256 of zero bytes.
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -48,11 +52,13 @@ class UploadService(UploadMaintenance):
     """The upload steps that touch S3 and PostgreSQL together; used by the Serve app and ``jobs.janitor``.
 
     Bytes go to an S3 multipart upload; completion joins the parts and streams the object back to compute its
-    SHA-256 (the bytes S3 really holds, not the ones the client meant to send). A new path's upload goes straight to
-    ``<tenant>/<path>`` and is removed there when the digest does not match. A new version of an existing path goes
-    to a staging key (:func:`staging_key`) and is copied to ``<tenant>/<path>`` only once verified, so a wrong
-    upload never overwrites, and its clean-up never removes, the current version of a document (the copy is the
-    price of that safety, paid by re-uploads only).
+    SHA-256 (the bytes S3 really holds, not the ones the client meant to send). Every upload, of a new path or of a
+    new version, goes to its own staging key (:func:`staging_key`) and is copied to ``<tenant>/<path>`` only once
+    verified, by :meth:`_promote` under the path's lock and in the transaction that registers the version. So two
+    uploads of one path never write the same key until one of them is known good: a wrong upload never overwrites,
+    and its clean-up never removes, what another upload (or an earlier version) put at ``<tenant>/<path>``; and
+    promotions of one path are serialised, so the object is always the last registered version's bytes. The copy is
+    the price of that safety (a server-side copy; no byte crosses the network).
 
     Args:
         settings: services, ``max_upload_bytes``, ``upload_part_size``, ``upload_ttl_s``, ``upload_max_attempts``.
@@ -66,6 +72,7 @@ class UploadService(UploadMaintenance):
         self.objects = objects if objects is not None else ObjectStore(settings, timeout_s=300.0)
         self.store = store if store is not None else UploadStore(settings)
         self.catalog = self.store.catalog
+        self.promote_wait_s = PROMOTE_WAIT_S
 
     def close(self) -> None:
         """Close the database pool."""
@@ -96,7 +103,7 @@ class UploadService(UploadMaintenance):
         normalised = normalise_path(path)
         upload_id = str(uuid.uuid4())
         return Upload(
-            upload_id=upload_id, tenant=tenant, path=normalised, object_key=key, s3_key=key,
+            upload_id=upload_id, tenant=tenant, path=normalised, object_key=key, s3_key=staging_key(upload_id),
             s3_upload_id="", size=size, sha256=sha256.lower() if sha256 else None,
             content_type=content_type or mimetypes.guess_type(normalised)[0] or "", part_size=chosen,
             on_conflict=on_conflict, metadata=metadata,
@@ -109,10 +116,11 @@ class UploadService(UploadMaintenance):
         return self.objects.create_multipart_upload(upload.s3_key, upload.content_type)
 
     def stage_if_needed(self, upload: Upload, s3_upload_id: str, latest: Version | None) -> tuple[Upload, str]:
-        """Move the multipart upload to its staging key when the path already has a version.
+        """Move the multipart upload to its staging key if it is not staged yet (kept for callers of the older flow).
 
-        A new path's upload goes straight to ``<tenant>/<path>`` (no copy at completion); a new version of an
-        existing path is staged, so that bytes failing their check never overwrite the current version.
+        :meth:`prepare` stages every upload now (a new path's too: two uploads of one new path once shared
+        ``<tenant>/<path>``, and a failed one could remove the other's committed bytes), so this only moves an
+        upload built by hand with ``s3_key == object_key`` whose path already has a version.
 
         Returns:
             The upload and its S3 upload id, changed or not.
@@ -224,7 +232,11 @@ class UploadService(UploadMaintenance):
             return self._run_completion(claimed)
 
     def _run_completion(self, up: Upload) -> Answer:
-        """The completion steps, each skipped when ``progress`` says an earlier attempt did it."""
+        """The completion steps, each skipped when ``progress`` says an earlier attempt did it.
+
+        Verify (join the parts, hash what S3 holds, compare), then :meth:`_promote`. The verification touches only
+        the upload's own staging key, so it needs no lock; the promotion is what other uploads of the path wait for.
+        """
         progress = dict(up.progress)
         try:
             if up.on_conflict == "reject" and "sha256" not in progress:
@@ -236,55 +248,137 @@ class UploadService(UploadMaintenance):
                 if up.sha256 and up.sha256 != EMPTY_SHA256:
                     return self._fail(up, 422, "checksum_mismatch", "the declared SHA-256 is not that of 0 bytes",
                                       expected=up.sha256, actual=EMPTY_SHA256)
-                sha, etag = EMPTY_SHA256, self.objects.put_bytes(up.object_key, b"", up.content_type or "application/octet-stream")
-            else:
-                if "sha256" not in progress:
-                    failed = self._join_parts(up)
-                    if failed is not None:
-                        return failed
-                    try:
-                        sha, size = self.objects.sha256(up.s3_key)
-                    except S3Error as exc:
-                        if exc.code not in ("NoSuchKey", "NoSuchObject"):
-                            raise
-                        return self._fail(up, 409, "upload_lost", "the completed object is gone from S3")
-                    if size != up.size:
-                        return self._fail(up, 422, "size_mismatch", f"S3 holds {size} bytes, {up.size} were declared",
-                                          ours=True)
-                    if up.sha256 and sha != up.sha256:
-                        return self._fail(up, 422, "checksum_mismatch", f"the declared SHA-256 is {up.sha256}, the "
-                                          f"stored bytes hash to {sha}", ours=True, expected=up.sha256, actual=sha)
-                    verified = {"sha256": sha, "size": size}
-                    if up.direct:
-                        verified["etag"] = self.objects.stat(up.s3_key).etag
-                    self.store.save_progress(up.upload_id, **verified)
-                    progress.update(verified)
-                if not up.direct:
-                    if not progress.get("copied"):
-                        info = self.objects.copy(up.s3_key, up.object_key, content_type=up.content_type)
-                        self.store.save_progress(up.upload_id, copied=True, etag=info.etag)
-                        progress.update(copied=True, etag=info.etag)
-                    self.objects.remove(up.s3_key)
-                sha, etag = progress["sha256"], progress["etag"]
-            registration = self.catalog.register_version(
-                up.tenant, up.path, object_key=up.object_key, sha256=sha, size=up.size,
-                content_type=up.content_type, etag=etag, metadata=up.metadata, metadata_source="upload",
-            )
-            version = registration.version
-            answer = answer_json(200, {
-                "document_id": version.document_id, "version": version.version, "sha256": sha, "size": up.size,
-                "path": up.path, "etag": etag, "deduplicated": not registration.created, "upload_id": up.upload_id,
-            })
-            event = (NewVersionEvent(up.tenant, version.document_id, version.version, up.path, up.upload_id)
-                     if registration.created else None)
-            self.store.finish(up.upload_id, answer, event)
-            metrics.upload_completed()
-            logger.info("upload %s completed: %s version %d", up.upload_id, version.document_id, version.version)
-            return Answer(**answer)
+                progress["sha256"] = EMPTY_SHA256
+            elif "sha256" not in progress:
+                failed = self._join_parts(up)
+                if failed is not None:
+                    return failed
+                try:
+                    sha, size = self.objects.sha256(up.s3_key)
+                except S3Error as exc:
+                    if exc.code not in ("NoSuchKey", "NoSuchObject"):
+                        raise
+                    return self._fail(up, 409, "upload_lost", "the completed object is gone from S3")
+                if size != up.size:
+                    return self._fail(up, 422, "size_mismatch", f"S3 holds {size} bytes, {up.size} were declared",
+                                      ours=True)
+                if up.sha256 and sha != up.sha256:
+                    return self._fail(up, 422, "checksum_mismatch", f"the declared SHA-256 is {up.sha256}, the "
+                                      f"stored bytes hash to {sha}", ours=True, expected=up.sha256, actual=sha)
+                verified = {"sha256": sha, "size": size}
+                if up.direct:  # an upload recorded before every upload was staged: its bytes are in place already
+                    verified["etag"] = self.objects.stat(up.s3_key).etag
+                self.store.save_progress(up.upload_id, **verified)
+                progress.update(verified)
+            return self._promote(up, progress)
         except ServiceUnavailableError as exc:
             with contextlib.suppress(Exception):
                 self.store.note_error(up.upload_id, f"{exc.service} unavailable: {exc.detail}")
             raise
+
+    def _promote(self, up: Upload, progress: dict[str, Any]) -> Answer:
+        """Put the verified bytes at ``<tenant>/<path>`` and register them, as one step per path.
+
+        One PostgreSQL transaction holds the path's lock (:func:`lock_path`) and the document row's lock (so
+        ``jobs.ingest --scan`` cannot register the object half-way either) while :meth:`_place` copies the staged
+        bytes; it then registers the version (:meth:`_register`) and marks the upload completed with its answer and
+        its ``NOTIFY`` (:meth:`_finish`). Everything commits together or not at all: a completion that dies or fails
+        at any step leaves no version without its event, and its retry (the client's, or ``jobs.janitor``'s) does
+        the promotion again, copying again unless the object still holds exactly what this upload put there.
+        Because the answer and the event commit with the version, a retry never finds "its own" version registered
+        without an answer (the case that once made a retry answer ``deduplicated`` and notify nobody): it finds the
+        stored answer, whose event was delivered by that commit, or nothing.
+
+        Raises:
+            CompletionInProgressError: another promotion of the path held the lock for ``promote_wait_s``; the
+                upload stays ``completing`` (retry later).
+            ServiceUnavailableError: S3 or PostgreSQL failed; the transaction rolled back, the upload stays
+                ``completing``.
+        """
+        outcome: Answer | tuple[int, str, str, dict[str, Any]]
+        try:
+            with self.store.transaction() as conn:
+                if not lock_path(conn, up.document_id, self.promote_wait_s):
+                    raise CompletionInProgressError(f"another upload of {up.path!r} is being stored; retry later")
+                conn.execute("INSERT INTO documents (document_id, tenant, path) VALUES (%s, %s, %s) "
+                             "ON CONFLICT DO NOTHING", (up.document_id, up.tenant, up.path))
+                doc = conn.execute("SELECT head_version, deleted FROM documents WHERE document_id = %s FOR UPDATE",
+                                   (up.document_id,)).fetchone()
+                if up.on_conflict == "reject" and doc["head_version"] and not doc["deleted"]:
+                    outcome = (409, "conflict", f"{up.path!r} exists (version {doc['head_version']}) and on_conflict "
+                               "is 'reject'", {"document_id": up.document_id})
+                else:
+                    placed = self._place(up, progress)
+                    if isinstance(placed, tuple):
+                        outcome = placed
+                    else:
+                        registration = self._register(conn, up, progress["sha256"], placed)
+                        outcome = self._finish(conn, up, registration, progress["sha256"], placed)
+                if isinstance(outcome, tuple):
+                    raise psycopg.Rollback()  # nothing of this promotion stays (the document row it may have inserted)
+        except _PG_TRANSIENT as exc:
+            raise ServiceUnavailableError("postgres", f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(outcome, tuple):
+            status_code, code, detail, extra = outcome
+            return self._fail(up, status_code, code, detail, **extra)
+        metrics.upload_completed()
+        logger.info("upload %s completed: %s version %d", up.upload_id, outcome.body["document_id"],
+                    outcome.body["version"])
+        return outcome
+
+    def _place(self, up: Upload, progress: dict[str, Any]) -> str | tuple[int, str, str, dict[str, Any]]:
+        """Copy the staged bytes to ``<tenant>/<path>`` (under the path lock) and remove the staging object.
+
+        A copy an earlier attempt made is trusted only if the object still has its ETag and size: another upload of
+        the path may have been promoted since (the path lock dies with the attempt that crashed).
+
+        Returns:
+            The ETag of the object at ``<tenant>/<path>``, or a failure ``(status, code, detail, extra)``.
+        """
+        if up.size == 0:
+            return self.objects.put_bytes(up.object_key, b"", up.content_type or "application/octet-stream")
+        if up.direct:
+            return progress["etag"]
+        if progress.get("copied"):
+            try:
+                info = self.objects.stat(up.object_key)
+            except KeyError:
+                info = None
+            if info is None or info.etag != progress.get("etag") or info.size != up.size:
+                progress.pop("copied")  # overwritten or removed since: copy again, if the staged bytes are still there
+        if not progress.get("copied"):
+            try:
+                info = self.objects.copy(up.s3_key, up.object_key, content_type=up.content_type)
+            except KeyError:
+                return (409, "upload_lost", "the verified bytes are gone from S3 (another upload of the path was "
+                        "stored in between); send the file again", {})
+            self.store.save_progress(up.upload_id, copied=True, etag=info.etag)
+            progress.update(copied=True, etag=info.etag)
+        self.objects.remove(up.s3_key)
+        return progress["etag"]
+
+    def _register(self, conn, up: Upload, sha: str, etag: str):
+        """Register the promoted bytes as the path's new version, in the promotion's transaction."""
+        return self.catalog.register_version_in(
+            conn, up.tenant, up.path, object_key=up.object_key, sha256=sha, size=up.size,
+            content_type=up.content_type, etag=etag, metadata=up.metadata, metadata_source="upload",
+        )
+
+    def _finish(self, conn, up: Upload, registration, sha: str, etag: str) -> Answer:
+        """Store the answer, mark the upload completed and send the new-version event, in the promotion's transaction.
+
+        The event goes whenever this promotion registered a version; bytes equal to the head version's register
+        nothing and answer ``deduplicated`` (that version's own registration sent its event).
+        """
+        version = registration.version
+        answer = answer_json(200, {
+            "document_id": version.document_id, "version": version.version, "sha256": sha, "size": up.size,
+            "path": up.path, "etag": etag, "deduplicated": not registration.created, "upload_id": up.upload_id,
+        })
+        event = (NewVersionEvent(up.tenant, version.document_id, version.version, up.path, up.upload_id)
+                 if registration.created else None)
+        self.store.finish_in(conn, up.upload_id, answer, event)
+        return Answer(**answer)
 
     def _join_parts(self, up: Upload) -> Answer | None:
         """CompleteMultipartUpload with the recorded parts; ``None`` when the object is there, else the failure."""
@@ -331,7 +425,7 @@ class UploadService(UploadMaintenance):
 
     def _give_up(self, up: Upload) -> Answer:
         """After ``upload_max_attempts``: clean up and fail; finish instead when verified bytes are in place."""
-        if up.progress.get("copied") or (up.direct and "sha256" in up.progress):
+        if "sha256" in up.progress:  # verified bytes are staged (or, for an older direct upload, in place)
             return self._run_completion(up)
         reason = f"completion failed {up.attempts - 1} time(s); last error: {up.last_error or 'unknown'}"
         return self._fail(up, 409, "upload_failed", reason)
@@ -339,9 +433,10 @@ class UploadService(UploadMaintenance):
     def _clean_s3(self, up: Upload, *, ours: bool = False) -> None:
         """Abort the multipart upload and remove what it wrote (idempotent, best effort: the janitor sweeps).
 
-        A staging object is always this upload's. The document's own key (a new path's upload goes there) is
-        removed only when it surely holds this upload's bytes: ``ours``, or its ETag is the one S3 gives an object
-        joined from this upload's parts; otherwise it may be another upload's version.
+        A staging object is always this upload's (every upload is staged now). For an upload recorded before that,
+        whose multipart upload went to the document's own key, that key is removed only when it surely holds this
+        upload's bytes: ``ours``, or its ETag is the one S3 gives an object joined from this upload's parts;
+        otherwise it may be another upload's version.
         """
         try:
             if up.s3_upload_id:

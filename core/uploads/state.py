@@ -268,18 +268,23 @@ class UploadStore:
 
     def finish(self, upload_id: str, answer: dict[str, Any], event: NewVersionEvent | None) -> None:
         """Mark ``completed`` with its answer, drop its part rows and send ``event``, in one transaction."""
+        self._run(lambda conn: self.finish_in(conn, upload_id, answer, event))
 
-        def finish(conn: psycopg.Connection) -> None:
-            conn.execute(
-                "UPDATE uploads SET status = 'completed', result = %s, last_error = NULL, updated_at = now() "
-                "WHERE upload_id = %s",
-                (Jsonb(answer), upload_id),
-            )
-            conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
-            if event is not None:
-                notify_new_version(conn, event)
+    @staticmethod
+    def finish_in(conn: psycopg.Connection, upload_id: str, answer: dict[str, Any], event: NewVersionEvent | None) -> None:
+        """:meth:`finish` inside the caller's transaction (the promotion's, which also registered the version).
 
-        self._run(finish)
+        The event is a ``pg_notify`` of that transaction, so it is delivered exactly when the version and the answer
+        commit: a completion that dies before the commit leaves neither, and its retry registers and notifies again.
+        """
+        conn.execute(
+            "UPDATE uploads SET status = 'completed', result = %s, last_error = NULL, updated_at = now() "
+            "WHERE upload_id = %s",
+            (Jsonb(answer), upload_id),
+        )
+        conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
+        if event is not None:
+            notify_new_version(conn, event)
 
     def end(self, upload_id: str, status: str, reason: str, answer: dict[str, Any] | None) -> None:
         """Move to a final status other than ``completed`` with its reason and answer; drop its part rows."""

@@ -9,7 +9,10 @@ A search runs in three steps, which the Serve deployment interleaves with its ow
 3. :meth:`SearchEngine.run` (:meth:`SearchEngine.run_many` for a batch: one store call): the Query API request
    (``serve.search.query``): one prefetch per leg, each with the
    tenant filter, fused by RRF or DBSF; the fused list is checked against the tenant once more (a foreign point is
-   dropped and logged at ERROR), and the answer is cached under the generation read in step 1.
+   dropped and logged at ERROR) and against the catalog's deletes (``core.tombstones``: a deleted document's points
+   may outlive its delete when the vector store failed), and the answer is cached under the generation read in
+   step 1. A cached answer is checked against the deletes again before it is served, so that a delete whose
+   generation bump was lost cannot bring a deleted document back from the cache.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from core import metrics
 from core.cache import Cache
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
+from core.tombstones import Tombstones
 from core.vectorstore import VectorStore
 from serve.search.query import DEFAULT_FUSION, IMAGE_VECTOR, SearchRequest, build_query
 
@@ -103,6 +107,7 @@ class SearchEngine:
         encoder: the query text encoder (:class:`QueryEncoder`); by default the configured text model.
         image_encoder: a CLIP text encoder for the image leg; by default :func:`load_image_query_encoder`.
         store, cache: injection seams (default: built from ``settings``).
+        tombstones: the delete fence (default: on the configured catalog, backed by ``cache``).
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class SearchEngine:
         image_encoder: QueryEncoder | None = None,
         store: VectorStore | None = None,
         cache: Cache | None = None,
+        tombstones: Tombstones | None = None,
     ) -> None:
         self.settings = settings
         if encoder is None:
@@ -123,6 +129,7 @@ class SearchEngine:
         self.image_encoder = image_encoder if image_encoder is not None else load_image_query_encoder(settings)
         self.store = store or VectorStore(settings)
         self.cache = cache or Cache(settings)
+        self.tombstones = tombstones or Tombstones(settings, cache=self.cache)
         self.model_key = f"{settings.text_model}"
         self._local = threading.local()  # one Bm25Encoder per thread: PyStemmer stemmers are not thread-safe
         self._encode_lock = threading.Lock()
@@ -181,7 +188,7 @@ class SearchEngine:
         metrics.search_cache(hit is not None)
         if hit is None:
             return key, None
-        answer = {"results": hit, "took_ms": _ms(started), "cached": True}
+        answer = {"results": self._fence(tenant, [hit])[0], "took_ms": _ms(started), "cached": True}
         metrics.search_answered(req.mode, answer)
         return key, answer
 
@@ -290,8 +297,8 @@ class SearchEngine:
         wanted = [r for r in requests if r is not None]
         pages = [(req.offset, req.top_k) for req, r in zip(reqs, requests) if r is not None]
         answers = iter(self.store.query_pages(wanted, pages) if wanted else [])
-        out = []
-        for req, request, key in zip(reqs, requests, keys):
+        lists = []
+        for request in requests:
             points = next(answers) if request is not None else []
             results = []
             for point in points:
@@ -299,12 +306,36 @@ class SearchEngine:
                     logger.error("dropped point %s of another tenant from a search by tenant %r", point.id, tenant)
                     continue
                 results.append(to_result(point))
+            lists.append(results)
+        lists = self._fence(tenant, lists)  # one catalog query for the whole batch
+        out = []
+        for req, results, key in zip(reqs, lists, keys):
             self._link_previews(tenant, results)
             if key is not None:
                 self.cache.set_json(key, results)
             out.append({"results": results, "took_ms": _ms(started), "cached": False})
             metrics.search_answered(req.mode, out[-1])
         return out
+
+    def _fence(self, tenant: str, lists: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        """Drop the hits of deleted documents from result lists (one catalog query for all their documents).
+
+        A delete marks the catalog before it removes the points, and a vector store that fails in between leaves
+        them until ``jobs.reconcile``; without this check they would stay searchable. A page that lost hits here is
+        shorter than ``top_k`` (only while such points remain).
+
+        Raises:
+            ServiceUnavailableError: neither the catalog nor Redis could say which documents are deleted.
+        """
+        hits = {(r["document_id"], r["version"]) for results in lists for r in results
+                if r.get("document_id") and r.get("version") is not None}
+        hidden = self.tombstones.hidden(tenant, hits) if hits else set()
+        if not hidden:
+            return lists
+        logger.warning("dropped %d hit(s) of deleted documents %s (their points await jobs.reconcile)",
+                       sum((r["document_id"], r["version"]) in hidden for results in lists for r in results),
+                       sorted({d for d, _ in hidden}))
+        return [[r for r in results if (r.get("document_id"), r.get("version")) not in hidden] for results in lists]
 
     def _link_previews(self, tenant: str, results: list[dict[str, Any]]) -> None:
         """Give every link of ``results`` a ``preview`` (the first ``PREVIEW_CHARS`` characters of the linked chunk's

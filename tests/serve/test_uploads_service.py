@@ -121,8 +121,8 @@ def test_a_lost_completion_answer_is_retried_safely(service, objects):
 def test_a_crash_during_a_new_paths_completion_is_retried(service, objects):
     data = random_bytes(PART + 1)
     upload = begin(service, "crash/new.bin", data)
-    assert upload.direct  # a new path goes straight to its key
-    objects.faults["stat"] = "down"  # after the join and the read-back, before anything is recorded
+    assert not upload.direct  # a new path is staged under its own key too (two uploads of it never share one)
+    objects.faults["stat"] = "down"  # after the copy to the path, before anything is recorded
     with pytest.raises(ServiceUnavailableError):
         service.complete("acme", upload.upload_id)
     answer = service.complete("acme", upload.upload_id)
