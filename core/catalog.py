@@ -14,7 +14,8 @@ transaction-scoped advisory lock so that concurrent starters do not race (Postgr
 Connection failures are retried by ``core.retry`` and then raise ``ServiceUnavailableError("postgres", ...)``.
 
 The methods of :class:`Catalog` are grouped by concept in mixin modules: the version life cycle in
-``core.version_lifecycle``, dead letters in ``core.dead_letters``, index models in ``core.index_models``; the
+``core.version_lifecycle``, dead letters in ``core.dead_letters``, index models in ``core.index_models``,
+stage attempts at documents whose worker may die in ``core.document_attempts``; the
 records they return (:class:`CatalogConflict`, :class:`Registration`, :class:`Claim`) in ``core.catalog_records``,
 re-exported here. This module holds the connections, the migrations and the read-only queries.
 """
@@ -31,6 +32,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from core.catalog_records import _DOCUMENT_COLUMNS, _VERSION_COLUMNS, CatalogConflict, Claim, Registration, _version
 from core.dead_letters import DeadLetters
+from core.document_attempts import DocumentAttempts
 from core.index_models import IndexModels
 from core.retry import call_with_retry
 from core.settings import Settings
@@ -46,7 +48,7 @@ MIGRATION_LOCK_KEY = 0x511CE_0001
 _TRANSIENT = (psycopg.OperationalError, PoolTimeout)
 
 
-class Catalog(VersionLifecycle, DeadLetters, IndexModels):
+class Catalog(VersionLifecycle, DeadLetters, IndexModels, DocumentAttempts):
     """Reads and writes the catalog tables.
 
     The pool opens lazily on first use (so a ``Catalog`` pickles to Ray workers cheaply) and applies the

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     #: Seconds a run's claim on a version holds unless renewed (renewed every quarter of it while the run works);
     #: another run takes an abandoned version over after it (README, "Ingest runs at once").
     ingest_lease_s: float = Field(default=120.0, ge=1)
+    #: Starts of one stage at one document whose worker died before finishing it, after which the document fails
+    #: alone as ``worker_crash`` instead of killing the restarted worker again (README, "What you can rely on").
+    #: 2: one unrelated death (a node lost mid-document) is forgiven, a second one on the same document is not.
+    max_document_attempts: int = Field(default=2, ge=1)
 
     # Search.
     search_cache_ttl_s: int = Field(default=300, ge=0)
@@ -104,6 +108,26 @@ class Settings(BaseSettings):
     audio_actors: int = Field(default=0, ge=0)
     #: Longest audio accepted, seconds (reason ``audio_too_long`` past it).
     max_audio_seconds: float = Field(default=2 * 3600.0, gt=0)
+    # Limits on the work one hostile file can cause, each checked before the work where the file says how much
+    # there is, and again while it is done (README, "What you can rely on").
+    #: Most bytes an audio file may decode to as ``float32`` at its own rate and channel count (frames x channels x
+    #: 4), before it is downmixed and resampled (reason ``audio_too_large``). This is the decoder's work, which a
+    #: few MB of compressed multi-channel silence can make tens of GB. 4 GiB: two hours of 48 kHz stereo (2.8 GB)
+    #: with room to spare, decoded in well under ``document_timeout_s`` on one core; 8 channels at 192 kHz reach it
+    #: after 12 minutes.
+    max_audio_decoded_bytes: int = Field(default=4 * 1024**3, ge=1)
+    #: Most pages a PDF may have (reason ``too_many_pages``, checked from its page tree before any page is read).
+    max_pdf_pages: int = Field(default=2000, ge=1)
+    #: Most pixels a PDF page is rendered at for OCR (a larger page is rendered at a smaller scale to fit; only a
+    #: page too narrow to render at all then fails, as ``page_too_large``). 4 M: 2000 x 2000, the 2000 px longest
+    #: side RapidOCR detects at anyway; 16 MB as an RGBA bitmap.
+    max_render_pixels: int = Field(default=4_000_000, ge=10_000)
+    #: Most PDF pages rendered for OCR per document (each is one OCR call in the image stage, seconds of CPU); a
+    #: document with more scanned pages fails as ``too_many_ocr_pages`` rather than being indexed with pages missing.
+    max_ocr_pages: int = Field(default=200, ge=0)
+    #: Seconds the prepare stage may spend on one document (decoding, extraction, rendering, chunking) before it fails
+    #: alone as ``timeout``; the deadline is checked between pages, audio blocks and steps.
+    document_timeout_s: float = Field(default=300.0, gt=0)
     #: Base URL of an Ollama server for ``ollama:<model>`` embedding specs.
     ollama_url: str = "http://127.0.0.1:11434"
 

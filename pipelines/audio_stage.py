@@ -15,6 +15,9 @@ text: the version is indexed with **one** segment of empty text spanning the who
 payload), which has no text or BM25 vector, so no query ever matches it, but the document exists, is ``indexed``
 and can be listed and filtered like any other.
 
+A recording whose worker died on it ``max_document_attempts`` times (:class:`pipelines.attempts.AttemptGuard`)
+fails as ``worker_crash`` instead of being transcribed again.
+
 The model loads on the first recording (``warm_up``), so a run without audio pays nothing for it.
 """
 
@@ -31,6 +34,7 @@ from core.errors import IngestError
 from core.metadata import decode, encode
 from core.settings import Settings
 from pipelines import columns as C
+from pipelines.attempts import AttemptGuard
 from pipelines.extract.language import language_of
 from pipelines.image_stage import _item
 from pipelines.prepare import RowWriter
@@ -58,6 +62,7 @@ class AudioStage:
         self.num_threads = num_threads
         self.transcriber = transcriber
         self.bm25 = Bm25Encoder(k1=settings.bm25_k1, b=settings.bm25_b, avg_len=settings.bm25_avg_len)
+        self.attempts = AttemptGuard(settings, "audio")
 
     def warm_up(self) -> None:
         """Load the ASR model and the VAD once (idempotent).
@@ -87,6 +92,11 @@ class AudioStage:
         for i in range(n):
             row = {name: batch[name][i] for name in C.VERSION_COLUMNS}
             if i in recordings:
+                given_up = self.attempts.begin(row)  # durable before the work: ASR may kill this process
+                if given_up is not None:
+                    writer.error(row, *given_up)
+                    self._extra(extra, batch, i)
+                    continue
                 try:
                     segments = self._segments(batch, i)
                 except IngestError as exc:
@@ -98,6 +108,8 @@ class AudioStage:
                     writer.error(row, "audio", "internal_error", f"{type(exc).__name__}: {exc}")
                     segments = []
                     self._extra(extra, batch, i)
+                finally:
+                    self.attempts.end(row)
                 language = language_of(" ".join(str(v.get(C.TEXT, "")) for v in segments)) if segments else None
                 if language:  # the transcript's language joins what the file said of itself
                     row[C.PROPERTIES] = encode({**decode(str(row[C.PROPERTIES])), "language": language})

@@ -18,7 +18,8 @@ emptied on the way out (the sink never needs pixels).
 Failure policy: a picture that fails (OCR error, a decoding error) turns into the version's error row; the
 version then fails as a whole (its other rows are written and then deleted by the driver). A document made of one
 picture whose OCR found no text, when no image model is configured, fails with ``empty_content``: it would be
-indexed with no vector any query can reach.
+indexed with no vector any query can reach. A picture whose worker died on it ``max_document_attempts`` times
+(:class:`pipelines.attempts.AttemptGuard`) fails its version as ``worker_crash`` instead of being tried again.
 
 The models load on the first picture (``warm_up``, idempotent), so a run without pictures pays nothing for them.
 """
@@ -35,6 +36,7 @@ from core import metrics
 from core.errors import ExtractionError, IngestError
 from core.settings import Settings
 from pipelines import columns as C
+from pipelines.attempts import AttemptGuard
 from pipelines.prepare import RowWriter, image_layout
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class ImageStage:
         elif clip is not None:
             self.image_dim = int(clip.dimension)
         self._warm = False
+        self.attempts = AttemptGuard(settings, "image")
 
     def warm_up(self) -> None:
         """Build the OCR engine and load CLIP once (idempotent).
@@ -116,6 +119,11 @@ class ImageStage:
                 writer.add(row, **{name: _item(batch[name][i]) for name in C.CHUNK_COLUMNS if name in batch})
                 vectors.append(zero)
                 continue
+            given_up = self.attempts.begin(row)  # durable before the work: OCR or decoding may kill this process
+            if given_up is not None:
+                writer.error(row, *given_up)
+                vectors.append(zero)
+                continue
             try:
                 rows = self._picture(batch, i)
             except IngestError as exc:
@@ -128,6 +136,8 @@ class ImageStage:
                 writer.error(row, "image", "internal_error", f"{type(exc).__name__}: {exc}")
                 vectors.append(zero)
                 continue
+            finally:
+                self.attempts.end(row)
             for values, vector in rows:
                 writer.add(row, **values)
                 vectors.append(zero if vector is None else vector)

@@ -16,6 +16,10 @@ version's outcome. What it guarantees (the README's "What you can rely on"):
   past the new count are deleted. Ray Data restarts dead actors and retries their tasks (its defaults for actor
   pools, ``max_restarts=-1`` and ``max_task_retries=-1``; write tasks retry ``WRITE_TASK_RETRIES`` times), and a
   dataset that makes no progress for ``remote_call_timeout_s`` fails, so a run always ends.
+* **Worker-killing files**: the prepare, image and audio stages count each document's starts in the catalog
+  before working on it (``pipelines.attempts``); a document whose worker died ``max_document_attempts`` times is
+  not started again but fails alone as ``worker_crash`` (a dead letter naming the stage and the attempts), so the
+  restarted worker gets through the rest of its batch and the run ends.
 * **Deletes**: with ``--scan``, documents whose object left the bucket (in the scanned tenant and prefix) are
   deleted as ``DELETE /v1/documents/{id}`` does (``core.lifecycle.delete_document``).
 * **Runs at once**: the claim is a lease (``core.leases``, README "Ingest runs at once"): a version another live
@@ -104,22 +108,40 @@ class FaultInjection:
         stage: ``"prepare"`` or ``"embed"``. exit_probability: chance that one call of the stage kills its process.
         max_exits: at most this many exits in all (counted by marker files in ``marker_dir``, shared by every node
             of a one-machine cluster), so the run can finish.
+        crash_paths: documents (paths) that kill the prepare worker (``stage="prepare"``) every time it starts one,
+            with no limit: a file that crashes a native decoder or runs the worker out of memory. Each crash leaves
+            a ``crash-*`` marker in ``marker_dir``.
     """
 
     stage: str
     exit_probability: float
     max_exits: int
     marker_dir: str
+    crash_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.stage not in ("prepare", "embed"):
             raise ValueError(f"stage={self.stage!r} must be 'prepare' or 'embed'")
         if not 0 <= self.exit_probability <= 1:
             raise ValueError(f"exit_probability={self.exit_probability} must be in [0, 1]")
+        if self.crash_paths and self.stage != "prepare":
+            raise ValueError("crash_paths act in the prepare stage: set stage='prepare'")
 
     def exits(self) -> int:
         """How many worker processes this plan has killed so far."""
         return len(list(Path(self.marker_dir).glob("exit-*")))
+
+    def crashes(self) -> int:
+        """How many worker processes the ``crash_paths`` documents have killed so far."""
+        return len(list(Path(self.marker_dir).glob("crash-*")))
+
+    def crash_on(self, path: str) -> None:
+        """Kill the calling process when ``path`` is one of ``crash_paths`` (the prepare stage calls it per document)."""
+        if path not in self.crash_paths:
+            return
+        Path(self.marker_dir, f"crash-{os.getpid()}-{time.time_ns()}").touch()
+        logger.warning("fault injection: worker %d dies on %s", os.getpid(), path)
+        os._exit(1)
 
     def maybe_exit(self) -> None:
         """Kill the calling process with ``exit_probability``, while fewer than ``max_exits`` happened."""
@@ -142,6 +164,9 @@ def _with_faults(cls: type, plan: FaultInjection) -> type:
         def __call__(self, batch):
             plan.maybe_exit()
             return super().__call__(batch)
+
+        def _before_document(self, row):
+            plan.crash_on(str(row["path"]))
 
     Faulty.__name__ = Faulty.__qualname__ = cls.__name__
     return Faulty
@@ -418,6 +443,7 @@ def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: li
 
     ok: list[tuple[str, int, int]] = []
     fresh: set[tuple[str, int]] = set()
+    recorded: list[tuple[str, int]] = []
     owners = catalog.claimed_by([(c.version.document_id, c.version.version) for c in claimed])
     for claim in claimed:
         v = claim.version
@@ -427,10 +453,14 @@ def _index(settings: Settings, catalog: Catalog, store: VectorStore, claimed: li
             summary.versions_taken_over += 1
             continue
         outcome = outcomes.get(key, VersionOutcome())
+        recorded.append(key)
         if _record(catalog, store, claim, outcome, summary, keep_points=key in in_place):
             ok.append((v.document_id, v.version, outcome.chunk_count))
             if claim.first_attempt or (key in in_place and (v.chunk_count or 0) <= outcome.chunk_count):
                 fresh.add(key)
+    # Stage counts of crashed workers (pipelines.attempts) matter only until the outcome is recorded; a run that
+    # dies before this keeps them, so the next run does not meet a worker-killing file with a clean slate.
+    catalog.clear_attempts(recorded)
     committed = lifecycle.commit_versions(settings, catalog, store, ok, fresh=fresh, run_id=run_id)
     _catch_up_metadata(catalog, store, claimed, committed, rewritten=set(finished))
     lost = len(ok) - len(committed)

@@ -12,9 +12,10 @@ media columns included). Per document, by what its bytes are (``pipelines.extrac
   image chunk. The cross-modal links (:mod:`pipelines.link`) of every chunk are built here, where all of a version's
   chunks are known: on text rows as a JSON list, on picture rows as a JSON object by chunk index.
 * **audio** (``AUDIO_TYPES``): decoded to 16 kHz mono (:class:`pipelines.extract.audio.AudioExtractor`; the hostile
-  cases fail here with ``audio_empty``/``audio_corrupt``/``audio_too_long``) into one *pending* row (kind
-  ``"recording"``, the samples in ``audio_pcm``); the audio stage (:mod:`pipelines.audio_stage`) finds the speech,
-  transcribes it and emits the segments. Without ``SLUICE_ASR_MODEL`` an audio file fails as ``unsupported_type``.
+  cases fail here with ``audio_empty``/``audio_corrupt``/``audio_too_long``/``audio_too_large``) into one
+  *pending* row (kind ``"recording"``, the samples in ``audio_pcm``); the audio stage (:mod:`pipelines.audio_stage`)
+  finds the speech, transcribes it and emits the segments. Without ``SLUICE_ASR_MODEL`` an audio file fails as
+  ``unsupported_type``.
 
 Each document's properties (what its file says of itself: ``Extracted.properties``; for audio its duration, rate
 and channels) go on its rows as JSON (``pipelines.columns.PROPERTIES``), next to the version's user metadata
@@ -22,7 +23,26 @@ and channels) go on its rows as JSON (``pipelines.columns.PROPERTIES``), next to
 
 A document that fails becomes one error row (``chunk_index == -1``, ``error_*`` set) and never stops the batch. A
 document that has only pictures, when neither OCR (``SLUICE_OCR_ENGINE=none``) nor an image model is configured,
-fails with ``empty_content``: it would be "indexed" with points no query can reach.
+fails with ``empty_content``: it would be "indexed" with points no query can reach. Each document's start is
+counted in the catalog first (:class:`pipelines.attempts.AttemptGuard`): one whose worker died on it
+``max_document_attempts`` times becomes an error row ``worker_crash`` instead of being started again.
+
+Limits on one document's work (README, "What you can rely on"), each its own reason code: the extractors check
+``max_audio_decoded_bytes`` (``audio_too_large``), ``max_pdf_pages`` (``too_many_pages``), ``max_render_pixels``
+(a large page renders smaller; ``page_too_large`` only for absurd proportions) and ``max_ocr_pages``
+(``too_many_ocr_pages``) from what the file declares before decoding, and again as they decode. Each document also
+has ``document_timeout_s`` from the moment its work starts: past it, it fails alone as ``timeout`` and the batch
+goes on with the next document.
+
+Why the time limit is cooperative (a deadline passed into the extractors, checked before each PDF page is read and
+before each is rendered, before each audio block or packet is decoded, and between extraction and chunking) rather
+than a thread or process with a hard timeout: Python cannot kill a thread, so an abandoned extraction would keep
+running beside the next document's, and PDFium is not thread-safe (pypdfium2 takes no lock), so two documents in
+PDFium at once could crash the worker, which is worse than the stall; a process per document would cost a fork and
+a copy of the bytes for every small text file. The hostile cases that stall a worker are many small units (thousands
+of pages, hours of audio), which the deadline stops at the next unit; the limits above bound each unit (a render is
+at most ``max_render_pixels``, a decoded block 4 MiB). A single native call that never returns is what the worker
+crash accounting and the run's ``remote_call_timeout_s`` are for.
 """
 
 from __future__ import annotations
@@ -32,6 +52,7 @@ import json
 import logging
 import mimetypes
 import posixpath
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,6 +64,7 @@ from core.metadata import clean_properties, encode
 from core.objects import ObjectStore
 from core.settings import Settings
 from pipelines import columns as C
+from pipelines.attempts import AttemptGuard
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +128,8 @@ class PrepareStage:
     Args:
         settings: S3 settings, ``text_model``, ``chunk_tokens``, ``chunk_overlap_tokens``, ``bm25_*``,
             ``max_file_bytes``, ``image_*`` (pixel limit, tiling), ``asr_model``, ``max_audio_seconds``,
-            ``ocr_engine`` and ``image_model`` are used.
+            ``ocr_engine``, ``image_model``, the limits ``max_audio_decoded_bytes``, ``max_pdf_pages``,
+            ``max_render_pixels``, ``max_ocr_pages`` and ``document_timeout_s`` are used.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -126,9 +149,12 @@ class PrepareStage:
         self.chunker = TextChunker(tokenizer, settings.chunk_tokens, settings.chunk_overlap_tokens)
         self.bm25 = Bm25Encoder(k1=settings.bm25_k1, b=settings.bm25_b, avg_len=settings.bm25_avg_len)
         self.images = ImageExtractor(max_pixels=settings.image_max_pixels)
-        self.pdf = PdfExtractor(max_pixels=settings.image_max_pixels)
-        self.audio = AudioExtractor(max_seconds=settings.max_audio_seconds)
+        self.pdf = PdfExtractor(max_pixels=settings.image_max_pixels, max_pages=settings.max_pdf_pages,
+                                max_render_pixels=settings.max_render_pixels, max_ocr_pages=settings.max_ocr_pages)
+        self.audio = AudioExtractor(max_seconds=settings.max_audio_seconds,
+                                    max_decoded_bytes=settings.max_audio_decoded_bytes)
         self.layout = image_layout(settings)
+        self.attempts = AttemptGuard(settings, "prepare")
 
     def _read(self, row: dict[str, Any]) -> bytes:
         """The version's bytes, checked against its recorded size and SHA-256.
@@ -169,11 +195,16 @@ class PrepareStage:
             row[C.SIZE] = int(row[C.SIZE])
             rows.append(row)
         for row, data in zip(rows, self._read_all(rows)):
+            given_up = self.attempts.begin(row)  # durable before the work: the work may kill this process
+            if given_up is not None:
+                writer.error(row, *given_up)
+                continue
             staged = RowWriter()
             try:
+                self._before_document(row)
                 if isinstance(data, IngestError):
                     raise data
-                self._document(staged, row, data)
+                self._document(staged, row, data, deadline=time.monotonic() + self.settings.document_timeout_s)
             except IngestError as exc:
                 logger.info("version %s/%d failed at %s: %s", row[C.DOCUMENT_ID], row[C.VERSION], exc.stage, exc)
                 writer.error(row, exc.stage, exc.reason, exc.detail)
@@ -182,27 +213,38 @@ class PrepareStage:
                 logger.exception("version %s/%d failed unexpectedly", row[C.DOCUMENT_ID], row[C.VERSION])
                 writer.error(row, "extract", "internal_error", f"{type(exc).__name__}: {exc}")
                 continue
+            finally:
+                self.attempts.end(row)
             for name, values in staged.out.items():
                 writer.out[name].extend(values)
         return writer.columns()
 
+    def _before_document(self, row: dict[str, Any]) -> None:
+        """Runs as a document's work starts, its attempt recorded: nothing in production.
+
+        A seam for the fault tests (``pipelines.ingest.FaultInjection.crash_paths`` kills the worker here), so a
+        crash lands exactly where a native decoder's would, without any test code in this stage.
+        """
+
     # --- one document ------------------------------------------------------------------------------------------
 
-    def _document(self, out: RowWriter, row: dict[str, Any], data: bytes) -> None:
+    def _document(self, out: RowWriter, row: dict[str, Any], data: bytes, *, deadline: float | None = None) -> None:
+        """Add one document's rows to ``out``; ``deadline`` (``time.monotonic()``) bounds its work (``timeout``)."""
         from pipelines.extract import is_audio, sniff_content_type
 
         path, declared = str(row[C.PATH]), str(row.get(C.CONTENT_TYPE) or "")
         sniffed = sniff_content_type(data, path, declared) if data else ""
         guessed = mimetypes.guess_type(posixpath.basename(path))[0] or ""
         if is_audio(sniffed) or (not data and guessed.startswith("audio/")):
-            self._recording(out, row, data, sniffed or guessed)
+            self._recording(out, row, data, sniffed or guessed, deadline)
         else:
-            self._text_and_pictures(out, row, data)
+            self._text_and_pictures(out, row, data, deadline)
 
-    def _recording(self, out: RowWriter, row: dict[str, Any], data: bytes, content_type: str) -> None:
+    def _recording(self, out: RowWriter, row: dict[str, Any], data: bytes, content_type: str,
+                   deadline: float | None = None) -> None:
         if not self.settings.asr_model:
             raise ExtractionError("unsupported_type", f"{row[C.PATH]} is {content_type}: audio needs SLUICE_ASR_MODEL")
-        audio = self.audio.extract(data, str(row[C.PATH]))
+        audio = self.audio.extract(data, str(row[C.PATH]), deadline=deadline)
         row[C.CONTENT_TYPE] = content_type
         row[C.PROPERTIES] = encode(clean_properties({"duration_s": audio.duration_s, "sample_rate": audio.source_rate,
                                                      "channels": audio.source_channels}))
@@ -210,16 +252,21 @@ class PrepareStage:
                         C.AUDIO_PCM: np.ascontiguousarray(audio.samples, dtype="<f4").tobytes(),
                         C.END_S: float(audio.duration_s)})
 
-    def _text_and_pictures(self, out: RowWriter, row: dict[str, Any], data: bytes) -> None:
+    def _text_and_pictures(self, out: RowWriter, row: dict[str, Any], data: bytes,
+                           deadline: float | None = None) -> None:
         from pipelines.chunk.image import plan_image_chunks
         from pipelines.extract import extract_document
+        from pipelines.extract.base import check_deadline
         from pipelines.link import ChunkRef, build_links
 
-        extracted = extract_document(data, str(row[C.PATH]), str(row.get(C.CONTENT_TYPE) or ""), pdf=self.pdf,
-                                     images=self.images)
+        path = str(row[C.PATH])
+        extracted = extract_document(data, path, str(row.get(C.CONTENT_TYPE) or ""), pdf=self.pdf,
+                                     images=self.images, deadline=deadline)
         row[C.CONTENT_TYPE] = extracted.content_type
         row[C.PROPERTIES] = encode(extracted.properties)
+        check_deadline(deadline, path, "the end of extraction")
         chunks = self.chunker.chunk(extracted.sections) if extracted.sections else []
+        check_deadline(deadline, path, "the end of chunking")
         planned = plan_image_chunks(extracted.images, first_index=len(chunks), **self.layout)
         if not chunks and not planned:
             raise IngestError("no_chunks", "the extracted text gave no chunk")

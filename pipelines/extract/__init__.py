@@ -20,7 +20,17 @@ a stable reason code:
 ``image_bomb``         an image that claims more pixels than the limit
 ``image_truncated``    an image whose data ends early
 ``image_corrupt``      image bytes that do not decode
+``too_many_pages``     a PDF with more pages than ``max_pages`` (checked as it opens)
+``page_too_large``     a PDF page to render whose shorter side, fitted into the pixel
+                       cap, would be under 16 pixels (a large page is scaled down)
+``too_many_ocr_pages`` a PDF with more pages to render for OCR than ``max_ocr_pages``
+``timeout``            the document ran past its ``deadline`` (checked per page)
 =====================  ==========================================================
+
+The audio extractor adds ``audio_empty``, ``audio_corrupt``, ``audio_too_long`` and ``audio_too_large`` (decoded
+bytes over ``max_decoded_bytes``, from the header before decoding); see ``pipelines.extract.audio``. The limits come
+from the settings (``max_pdf_pages``, ``max_render_pixels``, ``max_ocr_pages``, ``max_audio_decoded_bytes``) through
+the extractors' constructors; the deadline from ``document_timeout_s``, per call.
 
 Audio types (``AUDIO_TYPES``: WAV, FLAC, Ogg, MP3, M4A) are sniffed here and decoded by the audio extractor
 (``pipelines.extract.audio``); :func:`extract_document` raises ``unsupported_type`` for them, and the prepare stage
@@ -121,7 +131,7 @@ def is_audio(content_type: str) -> bool:
 
 
 def extract_document(data: bytes, path: str, content_type: str = "", *, pdf: PdfExtractor | None = None,
-                     images: ImageExtractor | None = None) -> Extracted:
+                     images: ImageExtractor | None = None, deadline: float | None = None) -> Extracted:
     """Sniff a file's type and extract its text sections and its pictures.
 
     Args:
@@ -129,6 +139,8 @@ def extract_document(data: bytes, path: str, content_type: str = "", *, pdf: Pdf
         path: the document's relative path (its extension is a hint; the bytes win).
         content_type: the declared MIME type, or ``""``.
         pdf, images: the extractors to use (their limits); the defaults otherwise.
+        deadline: a ``time.monotonic()`` instant after which a PDF stops between pages with ``timeout``; ``None``:
+            no limit (a single image or text file is one step).
 
     Returns:
         An :class:`Extracted` with at least one section or one picture.
@@ -151,7 +163,7 @@ def extract_document(data: bytes, path: str, content_type: str = "", *, pdf: Pdf
         item = images.extract(data, path)
         return Extracted(sniffed, [], [item], properties=clean_properties(image_properties(data, item)))
     if sniffed == APPLICATION_PDF:
-        content = (pdf or _EXTRACTORS[APPLICATION_PDF]).extract_content(data, path)
+        content = (pdf or _EXTRACTORS[APPLICATION_PDF]).extract_content(data, path, deadline=deadline)
         found = pdf_properties(data, content.page_count)
         return Extracted(sniffed, content.sections, content.images, content.ocr_pages,
                          properties=_with_language(found, content.sections))

@@ -15,7 +15,19 @@ Every failure is an :class:`core.errors.ExtractionError` with one of these reaso
 ``audio_corrupt``   neither decoder can open it, or the decoder rejects one of its frames (an MP3 with a corrupt
                     frame fails whole: see below)
 ``audio_too_long``  longer than ``max_seconds`` (checked from the header first, then while decoding)
+``audio_too_large`` more than ``max_decoded_bytes`` of ``float32`` at the file's own rate and channel count
+                    (frames x channels x 4; checked from the header first, then while decoding)
+``timeout``         the ``deadline`` passed (checked between decoded blocks)
 ==================  ===============================================================================================
+
+Bounded work: a few MB of compressed multi-channel, high-rate silence (FLAC codes silence in a few bytes a frame)
+can claim hours at 192 kHz on 8 channels, tens of GB once decoded. So the decoded size is computed from the header
+(frames, channels) and refused before anything is decoded; then the file is decoded in blocks of at most
+``BLOCK_BYTES`` (libsndfile) or frame by frame (FFmpeg), each block downmixed to mono and resampled to 16 kHz as it
+comes (:class:`StreamResampler`), so peak memory follows the 16 kHz mono output, not the source's channels and rate.
+The decoded bytes are counted as they come too, so a header that lies (claims fewer frames, or none) still stops at
+the cap. A FLAC or Ogg stream whose header gives no length (libsndfile reports ``SF_COUNT_MAX`` frames) goes to
+FFmpeg, which decodes it frame by frame under the same counts.
 
 Corrupt frames: FFmpeg skips a frame it cannot decode and goes on, which would leave a silent hole in the transcript
 while the timestamps after it still look right. We fail the file instead (``audio_corrupt``, the detail names the
@@ -33,6 +45,7 @@ import math
 import numpy as np
 
 from core.errors import ExtractionError
+from pipelines.extract.base import check_deadline
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +53,12 @@ logger = logging.getLogger(__name__)
 TARGET_RATE = 16_000
 #: Default longest audio accepted, in seconds (2 hours: 115 M samples, 460 MB of ``float32`` at 16 kHz).
 MAX_AUDIO_SECONDS = 2 * 3600.0
+#: Default most bytes a file may decode to at its own rate and channels (``Settings.max_audio_decoded_bytes``).
+MAX_DECODED_BYTES = 4 * 1024**3
+#: libsndfile decodes this many bytes of ``float32`` (all channels) at a time: 4 MiB, about 11 s of 48 kHz stereo.
+BLOCK_BYTES = 4 * 1024**2
+#: What libsndfile reports as the frame count of a stream whose header does not give it.
+_UNKNOWN_FRAMES = 2**63 - 1
 
 #: Magic numbers of the containers libsndfile reads (RIFF/WAVE, RF64, FLAC, Ogg, AIFF, Sun .au, CAF).
 _SOUNDFILE_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b".snd", b"caff")
@@ -91,6 +110,67 @@ def to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
     return resample_poly(x, TARGET_RATE // g, int(rate) // g).astype(np.float32, copy=False)
 
 
+class StreamResampler:
+    """Resample mono blocks to :data:`TARGET_RATE` as they come, giving what :func:`to_mono_16k` gives on the whole.
+
+    ``resample_poly`` filters with a finite window: output sample ``m`` depends only on the input within
+    ``half_len / up`` samples of ``m * down / up``. So the input is cut at multiples of ``down`` (where an output
+    sample falls exactly on an input one), each block is resampled with ``pad`` real samples of context on both sides,
+    and only the block's own outputs are kept; the result equals ``resample_poly`` of the whole signal (up to float
+    rounding) while holding one block and its context, never the whole source.
+
+    Args:
+        rate: the input's sample rate in Hz (positive).
+    """
+
+    def __init__(self, rate: int) -> None:
+        g = math.gcd(int(rate), TARGET_RATE)
+        self.up, self.down = TARGET_RATE // g, int(rate) // g
+        self.passthrough = int(rate) == TARGET_RATE
+        half_len = 10 * max(self.up, self.down)  # resample_poly's filter half length, in upsampled samples
+        pad = -(-half_len // self.up) + 2
+        self.pad = -(-pad // self.down) * self.down
+        self.block = max(1, -(-int(rate) // self.down)) * self.down  # about a second, a multiple of ``down``
+        self._buffer = np.zeros(0, np.float32)
+        self._buffer_start = 0  # absolute index of _buffer[0]
+        self._next = 0  # first input sample whose outputs are not emitted yet (a multiple of ``down``)
+        self._total = 0
+
+    def push(self, mono: np.ndarray) -> list[np.ndarray]:
+        """Add input samples; return the output blocks that are now complete (maybe none)."""
+        x = np.asarray(mono, dtype=np.float32).reshape(-1)
+        if self.passthrough:
+            return [x.copy()] if x.size else []
+        self._buffer = np.concatenate([self._buffer, x]) if self._buffer.size else x.copy()
+        self._total += x.size
+        out = []
+        while self._next + self.block + self.pad <= self._total:
+            out.append(self._emit(self._next, self._next + self.block, final=False))
+            self._next += self.block
+            keep = max(0, self._next - self.pad)
+            if keep > self._buffer_start:
+                self._buffer = self._buffer[keep - self._buffer_start :].copy()
+                self._buffer_start = keep
+        return out
+
+    def finish(self) -> list[np.ndarray]:
+        """The last output samples (call once, after the last :meth:`push`)."""
+        if self.passthrough or self._next >= self._total:
+            return []
+        out = [self._emit(self._next, self._total, final=True)]
+        self._next = self._total
+        return out
+
+    def _emit(self, first: int, last: int, *, final: bool) -> np.ndarray:
+        from scipy.signal import resample_poly
+
+        start, stop = max(0, first - self.pad), min(self._total, last + self.pad)
+        segment = self._buffer[start - self._buffer_start : stop - self._buffer_start]
+        y = resample_poly(segment, self.up, self.down).astype(np.float32, copy=False)
+        low = (first - start) * self.up // self.down
+        return y[low:] if final else y[low : (last - start) * self.up // self.down]
+
+
 class AudioExtractor:
     """Decode audio bytes into an :class:`Audio`.
 
@@ -98,33 +178,39 @@ class AudioExtractor:
 
     Args:
         max_seconds: the longest audio accepted (seconds of the source).
+        max_decoded_bytes: the most bytes of ``float32`` the source may decode to, all channels at its own rate.
     """
 
-    def __init__(self, *, max_seconds: float = MAX_AUDIO_SECONDS) -> None:
+    def __init__(self, *, max_seconds: float = MAX_AUDIO_SECONDS, max_decoded_bytes: int = MAX_DECODED_BYTES) -> None:
         if max_seconds <= 0:
             raise ValueError(f"max_seconds={max_seconds} must be positive")
+        if max_decoded_bytes < 1:
+            raise ValueError(f"max_decoded_bytes={max_decoded_bytes} must be at least 1")
         self.max_seconds = float(max_seconds)
+        self.max_decoded_bytes = int(max_decoded_bytes)
 
-    def extract(self, data: bytes, path: str) -> Audio:
+    def extract(self, data: bytes, path: str, *, deadline: float | None = None) -> Audio:
         """Decode a file.
 
         Args:
             data: the file's bytes.
             path: the document's relative path (used in error details only).
+            deadline: a ``time.monotonic()`` instant after which decoding stops (``timeout``); ``None``: none.
 
         Returns:
             The audio at 16 kHz mono.
 
         Raises:
-            ExtractionError: ``audio_empty``, ``audio_corrupt`` or ``audio_too_long`` (see the module docstring).
+            ExtractionError: ``audio_empty``, ``audio_corrupt``, ``audio_too_long``, ``audio_too_large`` or
+                ``timeout`` (see the module docstring).
         """
         if not data:
             raise ExtractionError("audio_empty", f"{path} has 0 bytes")
         audio = None
         if data[:4] in _SOUNDFILE_MAGIC:
-            audio = self._soundfile(data, path)
+            audio = self._soundfile(data, path, deadline)
         if audio is None:
-            audio = self._pyav(data, path)
+            audio = self._pyav(data, path, deadline)
         if audio.samples.size == 0:
             raise ExtractionError("audio_empty", f"{path} decodes to 0 samples")
         return audio
@@ -134,27 +220,53 @@ class AudioExtractor:
             "audio_too_long", f"{path} lasts {seconds:.0f} s or more, over the limit of {self.max_seconds:.0f} s"
         )
 
-    def _soundfile(self, data: bytes, path: str) -> Audio | None:
-        """Decode with libsndfile; ``None`` when it cannot open the bytes (PyAV is tried next)."""
+    def _check_size(self, path: str, frames: float, channels: int, rate: int, *, claimed: bool) -> None:
+        """Refuse ``frames`` x ``channels`` of the source past either limit (``claimed``: the header's numbers)."""
+        if rate > 0 and frames / rate > self.max_seconds:
+            raise self._too_long(path, frames / rate)
+        decoded = frames * max(1, channels) * 4
+        if decoded > self.max_decoded_bytes:
+            how = "claims" if claimed else "has decoded to"
+            raise ExtractionError(
+                "audio_too_large",
+                f"{path} {how} {decoded / 2**20:,.0f} MiB of samples ({channels} channels at {rate} Hz), over "
+                f"SLUICE_MAX_AUDIO_DECODED_BYTES={self.max_decoded_bytes:,}",
+            )
+
+    def _soundfile(self, data: bytes, path: str, deadline: float | None) -> Audio | None:
+        """Decode with libsndfile in bounded blocks; ``None`` when it cannot open the bytes (PyAV is tried next)."""
         import soundfile as sf
 
         try:
             with sf.SoundFile(io.BytesIO(data)) as f:
                 rate, channels, frames, subtype = f.samplerate, f.channels, f.frames, f.subtype
-                if rate <= 0:
-                    return None
-                if frames / rate > self.max_seconds:
-                    raise self._too_long(path, frames / rate)
-                samples = f.read(dtype="float32", always_2d=True)
+                if rate <= 0 or channels <= 0 or frames >= _UNKNOWN_FRAMES:
+                    return None  # no usable header: FFmpeg decodes it frame by frame, counting
+                self._check_size(path, frames, channels, rate, claimed=True)
+                block_frames = max(1, BLOCK_BYTES // (4 * channels))
+                resampler = StreamResampler(rate)
+                pieces: list[np.ndarray] = []
+                done = 0
+                while True:
+                    check_deadline(deadline, path, f"audio at {done / rate:.0f} s")
+                    block = f.read(block_frames, dtype="float32", always_2d=True)
+                    if not len(block):
+                        break
+                    done += len(block)
+                    self._check_size(path, done, channels, rate, claimed=False)
+                    mono = block[:, 0] if channels == 1 else block.mean(axis=1, dtype=np.float32)
+                    del block
+                    pieces.extend(resampler.push(mono))
+                pieces.extend(resampler.finish())
         except ExtractionError:
             raise
         except Exception as exc:  # soundfile.LibsndfileError (a RuntimeError), or a malformed header
             logger.debug("soundfile cannot read %s (%s); trying PyAV", path, exc)
             return None
-        return Audio(to_mono_16k(samples, rate), source_rate=rate, source_channels=channels,
-                     decoder="soundfile", codec=str(subtype))
+        samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        return Audio(samples, source_rate=rate, source_channels=channels, decoder="soundfile", codec=str(subtype))
 
-    def _pyav(self, data: bytes, path: str) -> Audio:
+    def _pyav(self, data: bytes, path: str, deadline: float | None) -> Audio:
         """Decode with FFmpeg through PyAV, packet by packet, failing on the first frame the decoder rejects."""
         import av
 
@@ -168,17 +280,18 @@ class AudioExtractor:
             stream = container.streams.audio[0]
             rate = int(stream.codec_context.sample_rate or stream.rate or 0)
             channels = int(stream.codec_context.channels or 0)
-            if stream.duration is not None and stream.time_base is not None:
-                if float(stream.duration * stream.time_base) > self.max_seconds:
-                    raise self._too_long(path, float(stream.duration * stream.time_base))
+            if stream.duration is not None and stream.time_base is not None and rate > 0:
+                self._check_size(path, float(stream.duration * stream.time_base) * rate, channels, rate, claimed=True)
             # The resampler converts each decoded frame to mono float at 16 kHz as it comes, so memory follows the
             # output, not the source (a 48 kHz stereo file would be 6 times larger).
             resampler = av.AudioResampler(format="flt", layout="mono", rate=TARGET_RATE)
             pieces: list[np.ndarray] = []
             total = 0
+            decoded = 0  # source samples (frames x channels) decoded so far
             limit = int(self.max_seconds * TARGET_RATE) + TARGET_RATE
             try:
                 for index, packet in enumerate(container.demux(stream)):
+                    check_deadline(deadline, path, f"audio packet {index}")
                     try:
                         frames = packet.decode()
                     except av.error.FFmpegError as exc:
@@ -190,6 +303,10 @@ class AudioExtractor:
                         ) from exc
                     for frame in frames:
                         rate = rate or int(frame.sample_rate)
+                        frame_channels = len(frame.layout.channels) or channels or 1
+                        decoded += int(frame.samples) * frame_channels
+                        if decoded * 4 > self.max_decoded_bytes:
+                            self._check_size(path, decoded / frame_channels, frame_channels, rate, claimed=False)
                         for out in resampler.resample(frame):
                             piece = out.to_ndarray().reshape(-1)
                             pieces.append(piece)
@@ -205,6 +322,7 @@ class AudioExtractor:
         return Audio(samples, source_rate=rate, source_channels=channels, decoder="pyav", codec=codec)
 
 
-def decode_audio(data: bytes, path: str = "<audio>", *, max_seconds: float = MAX_AUDIO_SECONDS) -> Audio:
-    """Decode audio bytes to 16 kHz mono; shorthand for ``AudioExtractor(max_seconds=...).extract(data, path)``."""
-    return AudioExtractor(max_seconds=max_seconds).extract(data, path)
+def decode_audio(data: bytes, path: str = "<audio>", *, max_seconds: float = MAX_AUDIO_SECONDS,
+                 max_decoded_bytes: int = MAX_DECODED_BYTES) -> Audio:
+    """Decode audio bytes to 16 kHz mono; shorthand for ``AudioExtractor(...).extract(data, path)``."""
+    return AudioExtractor(max_seconds=max_seconds, max_decoded_bytes=max_decoded_bytes).extract(data, path)

@@ -16,6 +16,7 @@ import dataclasses
 import mimetypes
 import posixpath
 import re
+import time
 
 #: The content types that ``pipelines.extract`` turns into text sections (``extract_sections``).
 TEXT_PLAIN = "text/plain"
@@ -298,3 +299,27 @@ def _looks_like_html(head: bytes) -> bool:
     if not text.startswith(b"<"):
         return False
     return text.startswith((b"<!doctype html", b"<html")) or b"<html" in text[:1024] or b"<!doctype html" in text[:1024]
+
+
+#: The reason code of a document that ran past its deadline (``Settings.document_timeout_s``).
+TIMEOUT = "timeout"
+
+
+def check_deadline(deadline: float | None, path: str, where: str) -> None:
+    """Fail a document whose time is up: the cooperative half of the per-document time limit.
+
+    Extractors call this between units of work (a PDF page, an audio block), so a document that would take too long
+    stops at the next unit instead of holding its worker; one unit (one page render, one decoded block) is small.
+
+    Args:
+        deadline: a ``time.monotonic()`` instant, or ``None`` for no limit.
+        path: the document's path (for the detail).
+        where: what was being done, for the detail (``"page 412"``, ``"audio at 1800 s"``).
+
+    Raises:
+        ExtractionError: ``timeout`` once the deadline has passed.
+    """
+    if deadline is not None and time.monotonic() > deadline:
+        from core.errors import ExtractionError
+
+        raise ExtractionError(TIMEOUT, f"{path} ran past its time limit (SLUICE_DOCUMENT_TIMEOUT_S) at {where}")

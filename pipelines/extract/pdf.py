@@ -12,6 +12,19 @@ The text of a page is normalised (:func:`normalise_page_text`): line-end hyphens
 blank line, and a running header (the same first line on most pages) and a bare page number as the last line
 dropped. :meth:`PdfExtractor.extract` gives no text for scanned pages; :meth:`PdfExtractor.extract_content` renders
 them (``PdfPage.render``) for the OCR of the image stage.
+
+Limits, so one hostile PDF cannot hold a worker (each an :class:`core.errors.ExtractionError` with its own reason):
+
+=======================  ==========================================================================================
+``too_many_pages``       more than ``max_pages`` pages, read from the page tree as the file opens, before any page
+``page_too_large``       a page to render for OCR so out of proportion that, fitted into ``max_render_pixels``, its
+                         shorter side would be under ``MIN_RENDER_SIDE_PX`` pixels (nothing on it could be read). A
+                         page that is merely large is rendered at a smaller scale to fit, never refused
+``too_many_ocr_pages``   more than ``max_ocr_pages`` pages to render for OCR: counted before rendering (pages with
+                         no text but with content), and enforced as pages are rendered. The document fails rather
+                         than being indexed with its later pages silently missing (as ``pdf_render_failed`` does)
+``timeout``              the ``deadline`` passed (checked before each page is read and before each is rendered)
+=======================  ==========================================================================================
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import math
 import re
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -28,7 +42,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
 from core.errors import ExtractionError
-from pipelines.extract.base import Section
+from pipelines.extract.base import Section, check_deadline
 
 if TYPE_CHECKING:
     from pipelines.extract.image import ImageItem
@@ -58,6 +72,12 @@ MAX_IMAGES_PER_DOCUMENT = 256
 #: ``RENDER_MAX_SIDE_PX`` pixels (RapidOCR scales a picture down to 2000 pixels for detection anyway).
 RENDER_DPI = 200
 RENDER_MAX_SIDE_PX = 2000
+#: Defaults of the limits (``Settings.max_pdf_pages``, ``max_render_pixels``, ``max_ocr_pages``).
+MAX_PAGES = 2000
+MAX_RENDER_PIXELS = 4_000_000
+MAX_OCR_PAGES = 200
+#: A page whose shorter side would render under this many pixels (fitted into the pixel cap) is ``page_too_large``.
+MIN_RENDER_SIDE_PX = 16
 #: A page whose text layer has fewer characters than this, and whose largest image covers at least
 #: ``SCAN_COVERAGE`` of it, is a scan with a stray text (a stamped page number): it is rendered and OCR'd too.
 MIN_PAGE_TEXT_CHARS = 16
@@ -101,21 +121,32 @@ class PdfExtractor:
         render_scans: :meth:`extract_content` renders each page without a text layer (that draws anything) at
             ``RENDER_DPI``, its longer side at most ``RENDER_MAX_SIDE_PX`` pixels.
         max_pixels: embedded images with more pixels are skipped (a decompression bomb inside a PDF).
+        max_pages: a PDF with more pages fails as ``too_many_pages`` before any page is read.
+        max_render_pixels: a page is rendered at no more pixels than this (at a smaller scale when it is large).
+        max_ocr_pages: a PDF with more pages to render for OCR fails as ``too_many_ocr_pages``.
     """
 
     def __init__(self, *, drop_running_headers: bool = True, embedded_images: bool = True, render_scans: bool = True,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_pages: int = MAX_PAGES,
+                 max_render_pixels: int = MAX_RENDER_PIXELS, max_ocr_pages: int = MAX_OCR_PAGES) -> None:
+        if max_pages < 1 or max_render_pixels < 1 or max_ocr_pages < 0:
+            raise ValueError(f"max_pages={max_pages} and max_render_pixels={max_render_pixels} must be at least 1, "
+                             f"max_ocr_pages={max_ocr_pages} at least 0")
         self.drop_running_headers = drop_running_headers
         self.embedded_images = embedded_images
         self.render_scans = render_scans
         self.max_pixels = max_pixels
+        self.max_pages = max_pages
+        self.max_render_pixels = max_render_pixels
+        self.max_ocr_pages = max_ocr_pages
 
-    def extract(self, data: bytes, path: str) -> list[Section]:
+    def extract(self, data: bytes, path: str, *, deadline: float | None = None) -> list[Section]:
         """Extract every page that has text.
 
         Args:
             data: the file's bytes.
             path: the document's relative path (used in error details only).
+            deadline: a ``time.monotonic()`` instant after which extraction stops (``timeout``); ``None``: none.
 
         Returns:
             One :class:`Section` per page with text, ``page`` 1-based, in page order.
@@ -123,11 +154,12 @@ class PdfExtractor:
         Raises:
             ExtractionError: ``empty_file`` for 0 bytes; ``pdf_encrypted`` when the PDF needs a password;
                 ``pdf_corrupt`` when PDFium cannot open it or it has no pages; ``pdf_no_text`` when no page has a
-                text layer (a scanned document: OCR is not enabled).
+                text layer (a scanned document: OCR is not enabled); ``too_many_pages``, ``timeout``.
         """
         document = _open(data, path)
         try:
-            pages = self._normalised_pages(document, path)
+            self._check_page_count(document, path)
+            pages = self._normalised_pages(document, path, deadline)
         finally:
             document.close()
         sections = [Section(text=text, page=number) for number, text in enumerate(pages, start=1) if text.strip()]
@@ -138,12 +170,13 @@ class PdfExtractor:
             )
         return sections
 
-    def extract_content(self, data: bytes, path: str) -> PdfContent:
+    def extract_content(self, data: bytes, path: str, *, deadline: float | None = None) -> PdfContent:
         """Extract the text layer and the pictures: embedded images, and renders of pages without text.
 
         Args:
             data: the file's bytes.
             path: the document's relative path (used in error details only).
+            deadline: a ``time.monotonic()`` instant after which extraction stops (``timeout``); ``None``: none.
 
         Returns:
             The :class:`PdfContent`; it has at least one section or one image (a page without text is rendered).
@@ -152,14 +185,22 @@ class PdfExtractor:
             ExtractionError: ``empty_file``, ``pdf_encrypted``, ``pdf_corrupt`` (as :meth:`extract`);
                 ``pdf_render_failed`` when a page that needs rendering (no text layer) cannot be loaded or rendered,
                 since indexing the rest would leave that page silently out; ``pdf_no_text`` when no page has text
-                and rendering is switched off (``render_scans=False``).
+                and rendering is switched off (``render_scans=False``); ``too_many_pages``, ``page_too_large``,
+                ``too_many_ocr_pages`` and ``timeout`` (see the module docstring).
         """
         document = _open(data, path)
         try:
-            pages = self._normalised_pages(document, path)
+            self._check_page_count(document, path)
+            objects: list[int] = []
+            pages = self._normalised_pages(document, path, deadline, objects)
+            if self.render_scans:  # pages with content and no text at all are rendered: refuse before the first
+                scans = sum(1 for text, count in zip(pages, objects) if not text.strip() and count > 0)
+                if scans > self.max_ocr_pages:
+                    raise self._too_many_ocr_pages(path, scans)
             content = PdfContent(sections=[], images=[], page_count=len(pages))
             seen: set[str] = set()
             for number, text in enumerate(pages, start=1):
+                check_deadline(deadline, path, f"page {number} of {len(pages)}")
                 if text.strip():
                     content.sections.append(Section(text=text, page=number))
                 self._page_pictures(document, number, text, path, content, seen)
@@ -168,6 +209,43 @@ class PdfExtractor:
         if not content.sections and not content.images:
             raise ExtractionError("pdf_no_text", f"none of the {len(pages)} pages of {path} has a text layer or a picture")
         return content
+
+    def _check_page_count(self, document: pdfium.PdfDocument, path: str) -> None:
+        pages = len(document)
+        if pages > self.max_pages:
+            raise ExtractionError("too_many_pages",
+                                  f"{path} has {pages:,} pages, over SLUICE_MAX_PDF_PAGES={self.max_pages:,}")
+
+    def _too_many_ocr_pages(self, path: str, count: int) -> ExtractionError:
+        return ExtractionError("too_many_ocr_pages", f"{path} has {count:,} or more pages without a text layer to "
+                               f"render for OCR, over SLUICE_MAX_OCR_PAGES={self.max_ocr_pages:,}")
+
+    def render_scale(self, width: float, height: float, path: str = "<pdf>", number: int = 1) -> float:
+        """The scale (pixels per point) a ``width`` x ``height`` page (points) is rendered at for OCR.
+
+        ``RENDER_DPI``, lowered so that the longer side is at most ``RENDER_MAX_SIDE_PX`` and the area at most
+        ``max_render_pixels``: a large page is rendered smaller, not refused.
+
+        Raises:
+            ExtractionError: ``page_too_large`` when, so scaled, the shorter side would be under ``MIN_RENDER_SIDE_PX``
+                pixels (a page of absurd proportions, or a size PDFium reports as not finite).
+        """
+        width, height = float(width), float(height)
+        if not (math.isfinite(width) and math.isfinite(height)) or width <= 0 or height <= 0:
+            raise ExtractionError("page_too_large",
+                                  f"page {number} of {path} has no usable size ({width} x {height} pt)")
+        scale = min(RENDER_DPI / 72.0, RENDER_MAX_SIDE_PX / max(width, height),
+                    math.sqrt(self.max_render_pixels / (width * height)))
+        if min(width, height) * scale < MIN_RENDER_SIDE_PX:
+            raise ExtractionError(
+                "page_too_large",
+                f"page {number} of {path} is {width:,.0f} x {height:,.0f} pt: within SLUICE_MAX_RENDER_PIXELS="
+                f"{self.max_render_pixels:,} its shorter side would be under {MIN_RENDER_SIDE_PX} pixels")
+        for _ in range(100):  # the bitmap's sides are rounded up to whole pixels: stay within the cap after that
+            if math.ceil(width * scale) * math.ceil(height * scale) <= self.max_render_pixels:
+                break
+            scale *= 0.995
+        return scale
 
     def _page_pictures(self, document: pdfium.PdfDocument, number: int, text: str, path: str,
                        content: PdfContent, seen: set[str]) -> None:
@@ -187,7 +265,9 @@ class PdfExtractor:
             elif scanned and pdfium_c.FPDFPage_CountObjects(page) == 0:
                 return  # a blank page: nothing to render
             if scanned and self.render_scans:
-                scale = min(RENDER_DPI / 72.0, RENDER_MAX_SIDE_PX / max(width, height, 1.0))
+                if len(content.ocr_pages) >= self.max_ocr_pages:
+                    raise self._too_many_ocr_pages(path, len(content.ocr_pages) + 1)
+                scale = self.render_scale(width, height, path, number)
                 picture = page.render(scale=scale).to_pil()
                 content.images.append(ImageItem(image=to_rgb(picture), source="pdf_page", page=number,
                                                 index=len(content.images), content_type="image/x-pdf-render",
@@ -204,6 +284,8 @@ class PdfExtractor:
                 else:
                     content.images.append(item)
             content.skipped_images += max(0, len(images) - MAX_IMAGES_PER_PAGE)
+        except ExtractionError:
+            raise
         except Exception as exc:  # noqa: BLE001 - PDFium and Pillow raise many types on a broken page
             if scanned and self.render_scans:
                 raise ExtractionError("pdf_render_failed", f"page {number} of {path} cannot be rendered: "
@@ -240,9 +322,11 @@ class PdfExtractor:
         return ImageItem(image=picture, source="pdf_embedded", page=number, index=index,
                          content_type="image/x-pdf-bitmap", page_box=(left, bottom, right, top))
 
-    def _normalised_pages(self, document: pdfium.PdfDocument, path: str) -> list[str]:
-        """The normalised text of every page (``""`` for a page without text), running headers dropped."""
-        raw_pages = self._page_texts(document, path)
+    def _normalised_pages(self, document: pdfium.PdfDocument, path: str, deadline: float | None = None,
+                          objects: list[int] | None = None) -> list[str]:
+        """The normalised text of every page (``""`` for a page without text), running headers dropped; each page's
+        count of page objects is appended to ``objects`` when given (0 for a page that cannot be read)."""
+        raw_pages = self._page_texts(document, path, deadline, objects)
         if not raw_pages:
             raise ExtractionError("pdf_corrupt", f"{path} has no readable pages")
         page_lines = [_page_lines(text) for text in raw_pages]
@@ -251,19 +335,26 @@ class PdfExtractor:
         return [_reflow(lines) for lines in page_lines]
 
     @staticmethod
-    def _page_texts(document: pdfium.PdfDocument, path: str) -> list[str]:
+    def _page_texts(document: pdfium.PdfDocument, path: str, deadline: float | None = None,
+                    objects: list[int] | None = None) -> list[str]:
         texts: list[str] = []
         failed = 0
-        for index in range(len(document)):
+        total = len(document)
+        for index in range(total):
+            check_deadline(deadline, path, f"reading page {index + 1} of {total}")
             page = textpage = None
             try:
                 page = document[index]
                 textpage = page.get_textpage()
                 texts.append(textpage.get_text_bounded())
+                if objects is not None:
+                    objects.append(int(pdfium_c.FPDFPage_CountObjects(page)))
             except pdfium.PdfiumError as exc:
                 failed += 1
                 logger.warning("page %d of %s is unreadable: %s", index + 1, path, exc)
                 texts.append("")
+                if objects is not None:
+                    objects.append(0)
             finally:
                 if textpage is not None:
                     textpage.close()

@@ -164,6 +164,49 @@ def test_a_stage_whose_workers_die_at_random_still_finishes(corpus, reference, t
     _assert_exact(settings, reference)
 
 
+CRASH_TENANT = "crashes"
+POISON = "crashy/doc-04-poison.md"
+
+
+def test_a_file_that_kills_its_worker_fails_alone_and_the_run_goes_on(corpus, tmp_path):
+    from core.ids import document_id
+
+    base, fresh = corpus
+    settings = fresh().model_copy(update={"max_document_attempts": 2, "remote_call_timeout_s": 180.0})
+    objects = ObjectStore(base)
+    good = {f"crashy/doc-{i:02d}.md": f"# Good {i}\n\nThe good document {i} speaks of lanterns {i * 3}.\n".encode()
+            for i in range(10)}
+    for path, data in {**good, POISON: b"# Poison\n\nThis file kills whichever worker opens it.\n"}.items():
+        objects.put_bytes(f"{CRASH_TENANT}/{path}", data)
+    # One batch holds all eleven documents: the good ones beside the poison must get through the retries.
+    plan = FaultInjection(stage="prepare", exit_probability=0.0, max_exits=0, marker_dir=str(tmp_path),
+                          crash_paths=(POISON,))
+    summary = run_ingest(settings, tenant=CRASH_TENANT, scan=True, fault_injection=plan)
+    assert plan.crashes() == settings.max_document_attempts  # it really killed its worker, and only that often
+    assert summary.documents_indexed == len(good) and summary.documents_failed == 1, summary
+    assert summary.failures == {"worker_crash": 1}
+    assert summary.seconds < settings.remote_call_timeout_s  # it never waited for the no-progress timeout
+
+    catalog = Catalog(settings)
+    try:
+        poison = document_id(CRASH_TENANT, POISON)
+        assert catalog.list_versions(poison)[-1].status == "failed"
+        [letter] = catalog.dead_letters(poison)
+        assert (letter["stage"], letter["reason"]) == ("prepare", "worker_crash")
+        assert "died 2 times" in letter["detail"] and POISON in letter["detail"], letter["detail"]
+        assert "SLUICE_MAX_DOCUMENT_ATTEMPTS=2" in letter["detail"]
+        assert catalog.attempts_of(poison, 1) == {}  # the count ends with the recorded outcome
+        for path in good:
+            assert catalog.list_versions(document_id(CRASH_TENANT, path))[-1].status == "indexed"
+    finally:
+        catalog.close()
+    assert reconcile(settings, tenant=CRASH_TENANT, check=True)["clean"]
+
+    again = run_ingest(settings, tenant=CRASH_TENANT, scan=True, fault_injection=plan)
+    assert plan.crashes() == settings.max_document_attempts  # failed, not pending: not tried again
+    assert (again.documents_indexed, again.documents_failed, again.documents_unchanged) == (0, 0, len(good) + 1)
+
+
 @pytest.mark.slow
 def test_a_node_removed_mid_run_still_gives_the_exact_index(cluster, corpus, reference):
     from ray._private.state import state
