@@ -137,7 +137,7 @@ def ocr_compare() -> dict:
             figures[name] = {"error": str(exc)}
             continue
         for path in sorted((ROOT / "examples" / "images").glob("*.png")):
-            image = extract_document(path.read_bytes(), path.name).images[0].image
+            image = extract_document(path.read_bytes(), path.name).images[0].pixels()
             engine.recognize(image)  # warm
             started = time.perf_counter()
             text = ocr_text(engine.recognize(image))

@@ -15,12 +15,14 @@ accepted (callers check the numbers themselves).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import logging
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 import urllib3
 from minio import Minio
@@ -58,6 +60,19 @@ class NoSuchUploadError(LookupError):
         super().__init__(f"no multipart upload {upload_id!r} for {key!r}")
         self.key = key
         self.upload_id = upload_id
+
+
+class ObjectChangedError(ValueError):
+    """The object does not hold the bytes it was registered with (``ObjectStore.get_verified``).
+
+    Attributes:
+        key: the object key. detail: how it differs.
+    """
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"{key!r}: {detail}")
+        self.key = key
+        self.detail = detail
 
 
 class BadDigestError(ValueError):
@@ -221,18 +236,56 @@ class ObjectStore:
                 raise ValueError(f"object {key!r} is {info.size} bytes, more than max_bytes={max_bytes}")
 
         def read() -> bytes:
-            response = None
-            try:
-                response = self.client.get_object(self.bucket, key)
+            with self._open(key) as response:
                 return response.read()
-            except S3Error as exc:
-                if exc.code in {"NoSuchKey", "NoSuchObject"}:
-                    raise KeyError(key) from exc
-                raise
-            finally:
-                if response is not None:
-                    response.close()
-                    response.release_conn()
+
+        return self._call(read)
+
+    @contextlib.contextmanager
+    def _open(self, key: str) -> Iterator[Any]:
+        """A GetObject response for ``key``, closed and its connection released on exit.
+
+        Raises:
+            KeyError: no such object.
+        """
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject"}:
+                raise KeyError(key) from exc
+            raise
+        try:
+            yield response
+        finally:
+            response.close()
+            response.release_conn()
+
+    def get_verified(self, key: str, size: int, sha256: str) -> bytes:
+        """Read a whole object that must hold exactly ``size`` bytes hashing to ``sha256``, in one streamed pass.
+
+        The bytes are hashed as they arrive (``READ_CHUNK_BYTES`` blocks), and the read stops as soon as more than
+        ``size`` bytes came, so an object that grew since it was registered costs no more memory than the one that
+        was; nothing else is buffered besides the blocks and their join (one copy of the object, briefly two).
+
+        Raises:
+            KeyError: no such object.
+            ObjectChangedError: the object's bytes are not the ``size`` bytes with that SHA-256.
+        """
+
+        def read() -> bytes:
+            h, blocks, got = hashlib.sha256(), [], 0
+            with self._open(key) as response:
+                for block in response.stream(READ_CHUNK_BYTES):
+                    got += len(block)
+                    if got > size:
+                        raise ObjectChangedError(key, f"more than the {size} bytes registered")
+                    h.update(block)
+                    blocks.append(block)
+            if got != size:
+                raise ObjectChangedError(key, f"{got} bytes where {size} were registered")
+            if h.hexdigest() != sha256:
+                raise ObjectChangedError(key, "the bytes hash to another SHA-256 than the registered one")
+            return b"".join(blocks)
 
         return self._call(read)
 

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     embed_actors: int = Field(default=0, ge=0)  # 0: derived from the cluster's CPUs / GPUs
     write_batch_size: int = Field(default=256, ge=1)
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    #: Most bytes of objects a prepare worker holds read ahead of the document it works on (the next object is read
+    #: whatever its size): what bounds a worker's memory for its input, not the batch's row count. The worker holds
+    #: about this plus the document in hand; 256 MiB keeps 8 parallel reads busy for files up to 32 MiB.
+    read_ahead_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     remote_call_timeout_s: float = Field(default=300.0, gt=0)
     #: Seconds a run's claim on a version holds unless renewed (renewed every quarter of it while the run works);
     #: another run takes an abandoned version over after it (README, "Ingest runs at once").

@@ -47,12 +47,13 @@ crash accounting and the run's ``remote_call_timeout_s`` are for.
 
 from __future__ import annotations
 
-import hashlib
+import collections
 import json
 import logging
 import mimetypes
 import posixpath
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -61,7 +62,7 @@ import numpy as np
 from core import metrics
 from core.errors import ExtractionError, IngestError
 from core.metadata import clean_properties, encode
-from core.objects import ObjectStore
+from core.objects import ObjectChangedError, ObjectStore
 from core.settings import Settings
 from pipelines import columns as C
 from pipelines.attempts import AttemptGuard
@@ -129,7 +130,8 @@ class PrepareStage:
         settings: S3 settings, ``text_model``, ``chunk_tokens``, ``chunk_overlap_tokens``, ``bm25_*``,
             ``max_file_bytes``, ``image_*`` (pixel limit, tiling), ``asr_model``, ``max_audio_seconds``,
             ``ocr_engine``, ``image_model``, the limits ``max_audio_decoded_bytes``, ``max_pdf_pages``,
-            ``max_render_pixels``, ``max_ocr_pages`` and ``document_timeout_s`` are used.
+            ``max_render_pixels``, ``max_ocr_pages`` and ``document_timeout_s``, and ``read_ahead_bytes`` (how many
+            bytes of the batch's objects are read ahead, :meth:`_read_ahead`) are used.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -157,7 +159,7 @@ class PrepareStage:
         self.attempts = AttemptGuard(settings, "prepare")
 
     def _read(self, row: dict[str, Any]) -> bytes:
-        """The version's bytes, checked against its recorded size and SHA-256.
+        """The version's bytes, checked against its recorded size and SHA-256 as they stream in.
 
         Raises:
             IngestError: ``too_large`` (over ``max_file_bytes``), ``object_missing``, or ``object_changed`` when the
@@ -166,15 +168,20 @@ class PrepareStage:
         if row[C.SIZE] > self.settings.max_file_bytes:
             raise IngestError("too_large", f"{row[C.SIZE]} bytes, more than SLUICE_MAX_FILE_BYTES={self.settings.max_file_bytes}")
         try:
-            data = self.objects.get_bytes(row[C.OBJECT_KEY])
+            return self.objects.get_verified(row[C.OBJECT_KEY], row[C.SIZE], row[C.SHA256])
         except KeyError as exc:
             raise IngestError("object_missing", f"s3://{self.objects.bucket}/{row[C.OBJECT_KEY]} is gone") from exc
-        if len(data) != row[C.SIZE] or hashlib.sha256(data).hexdigest() != row[C.SHA256]:
-            raise IngestError("object_changed", "the object's bytes differ from the registered version's SHA-256")
-        return data
+        except ObjectChangedError as exc:
+            raise IngestError("object_changed", f"the object's bytes differ from the registered version's: {exc.detail}") from exc
 
-    def _read_all(self, rows: list[dict[str, Any]]) -> list[bytes | IngestError]:
-        """Read the batch's objects concurrently (S3 reads wait on the network, not the CPU)."""
+    def _read_ahead(self, rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bytes | IngestError]]:
+        """Each row with its bytes (or why they could not be read), in order, read ahead within a byte budget.
+
+        Up to ``READ_THREADS`` objects are read at once (S3 reads wait on the network, not the CPU), but only while
+        the objects read and not yet handed out stay within ``settings.read_ahead_bytes``; the next row's object is
+        always read, however large. So a batch of 16 files at the size limit is read one by one, and a worker holds
+        about the budget plus the document it works on, whatever the batch holds.
+        """
 
         def read(row: dict[str, Any]) -> bytes | IngestError:
             try:
@@ -182,7 +189,21 @@ class PrepareStage:
             except IngestError as exc:
                 return exc
 
-        return list(self._readers.map(read, rows))
+        def cost(row: dict[str, Any]) -> int:
+            return row[C.SIZE] if row[C.SIZE] <= self.settings.max_file_bytes else 0
+
+        waiting: collections.deque = collections.deque(rows)
+        reading: collections.deque = collections.deque()
+        held = 0
+        while waiting or reading:
+            while waiting and (not reading or held + cost(waiting[0]) <= self.settings.read_ahead_bytes):
+                row = waiting.popleft()
+                reading.append((row, self._readers.submit(read, row), cost(row)))
+                held += cost(row)
+            row, future, size = reading.popleft()
+            result = future.result()
+            held -= size
+            yield row, result
 
     @metrics.timed("prepare")
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -194,7 +215,7 @@ class PrepareStage:
             row[C.VERSION] = int(row[C.VERSION])
             row[C.SIZE] = int(row[C.SIZE])
             rows.append(row)
-        for row, data in zip(rows, self._read_all(rows)):
+        for row, data in self._read_ahead(rows):
             given_up = self.attempts.begin(row)  # durable before the work: the work may kill this process
             if given_up is not None:
                 writer.error(row, *given_up)

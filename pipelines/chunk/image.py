@@ -196,7 +196,7 @@ class ImageChunker:
         """OCR each picture once (whole picture; tiles take their share of its lines)."""
         if self.ocr is None:
             return {}
-        return {item.index: self.ocr.recognize(item.image) for item in items}
+        return {item.index: self.ocr.recognize(item.pixels()) for item in items}
 
     def chunk(self, items: Sequence[ImageItem], first_index: int = 0) -> list[ImageChunk]:
         """Plan, OCR and attach text: the finished chunks of ``items``.

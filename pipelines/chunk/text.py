@@ -23,6 +23,13 @@ The rules, in order of strength:
 Speed: each section is tokenized once (with offsets), and the sections of many documents in one batched call to the
 Rust tokenizer (:meth:`TextChunker.chunk_documents`); every cut is then found by bisecting token offsets, so no text
 is tokenized twice (except a chunk cut inside a word, which is re-tokenized to check its size).
+
+Memory: a section's tokens with their offsets cost about 150 times its text in Python objects (an 8 MiB Markdown
+file took 1.3 GB), so a section longer than ``WINDOW_CHARS`` is tokenized one window at a time: each heading's text
+is cut into windows of at most that many characters at paragraph breaks (else at a line break, else a space), and
+each window is chunked as the rules say. Memory then follows the window, not the file. The price, for such
+sections only: no overlap across a window's edge, and a chunk never spans one (rule 4 already prefers to end a chunk
+at a paragraph break).
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from pipelines.extract.base import Section
 
 #: A chunk that a paragraph or sentence cut would leave below this share of ``chunk_tokens`` is extended instead.
 MIN_FILL_RATIO = 0.25
+#: A section longer than this (characters) is tokenized one window of at most this size at a time (see "Memory").
+WINDOW_CHARS = 256 * 1024
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
@@ -130,13 +139,16 @@ class TextChunker:
         Returns:
             For each document, its chunks (as :meth:`chunk` returns them).
         """
-        texts = [section.text for sections in documents for section in sections]
+        texts = [section.text for sections in documents for section in sections if len(section.text) <= WINDOW_CHARS]
         encodings = self._backend.encode_batch(texts, add_special_tokens=False) if texts else []
         results: list[list[Chunk]] = []
         position = 0
         for sections in documents:
             chunks: list[Chunk] = []
             for section in sections:
+                if len(section.text) > WINDOW_CHARS:
+                    self._chunk_windows(section, chunks)
+                    continue
                 encoding = encodings[position]
                 position += 1
                 offsets = encoding.offsets
@@ -179,6 +191,25 @@ class TextChunker:
                             end_char=end_char,
                         )
                     )
+
+    def _chunk_windows(self, section: Section, out: list[Chunk]) -> None:
+        """Chunk a section longer than ``WINDOW_CHARS``, one window of it tokenized at a time (module doc, "Memory")."""
+        text = section.text
+        for seg_start, seg_end, heading in _segments(text, _heading_lines(text)):
+            for start, end in _windows(text, seg_start, seg_end, WINDOW_CHARS):
+                window = text[start:end]
+                encoding = self._backend.encode(window, add_special_tokens=False)
+                offsets = encoding.offsets
+                encoded = _Encoded(text=window, starts=[a for a, _ in offsets], ends=[b for _, b in offsets],
+                                   encoding=encoding)
+                if not encoded.starts:
+                    continue
+                for begin, stop in self._cuts(encoded, 0, len(encoded.starts), 0, len(window)):
+                    start_char, end_char = encoded.starts[begin], encoded.ends[stop - 1]
+                    piece = window[start_char:end_char]
+                    if piece.strip():
+                        out.append(Chunk(chunk_index=len(out), text=piece, page=section.page, heading=heading,
+                                         start_char=start + start_char, end_char=start + end_char))
 
     def _cuts(self, encoded: _Encoded, first: int, stop: int, seg_start: int, seg_end: int) -> list[tuple[int, int]]:
         """Token ranges ``[begin, end)`` of the chunks of one heading's text (tokens ``first`` to ``stop``)."""
@@ -251,6 +282,26 @@ def _special_token_count(tokenizer: Any) -> int:
         return int(tokenizer.num_special_tokens_to_add(pair=False))
     except (AttributeError, TypeError, NotImplementedError):
         return 2
+
+
+def _windows(text: str, start: int, end: int, size: int) -> list[tuple[int, int]]:
+    """``text[start:end]`` cut into ``(start, end)`` windows of at most ``size`` characters, each ending at the last
+    paragraph break in it, else the last line break, else the last space (else exactly at ``size``)."""
+    windows = []
+    while end - start > size:
+        limit = start + size
+        cut = -1
+        for mark in ("\n\n", "\n", " "):
+            cut = text.rfind(mark, start + size // 2, limit)
+            if cut > start:
+                cut += len(mark)
+                break
+        if cut <= start:
+            cut = limit
+        windows.append((start, cut))
+        start = cut
+    windows.append((start, end))
+    return windows
 
 
 def _leading_heading(text: str) -> str:

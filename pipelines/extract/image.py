@@ -70,9 +70,11 @@ class ImageItem:
             origin at the bottom left of the page); ``None`` for an image file.
         frames: frames in the original (a GIF or multi-page TIFF has more than one; only the first is kept).
         orientation: the EXIF orientation that was applied (1 = already upright).
+        png: the picture as PNG once :meth:`pack` dropped its pixels (``image`` is then ``None``); ``b""`` before.
+        packed_size: ``(width, height)`` of a packed picture.
     """
 
-    image: Image.Image
+    image: Image.Image | None
     source: ImageSource = "file"
     page: int | None = None
     index: int = 0
@@ -80,16 +82,36 @@ class ImageItem:
     page_box: tuple[float, float, float, float] | None = None
     frames: int = 1
     orientation: int = 1
+    png: bytes = b""
+    packed_size: tuple[int, int] = (0, 0)
 
     @property
     def width(self) -> int:
         """Width in pixels."""
-        return self.image.size[0]
+        return self.image.size[0] if self.image is not None else self.packed_size[0]
 
     @property
     def height(self) -> int:
         """Height in pixels."""
-        return self.image.size[1]
+        return self.image.size[1] if self.image is not None else self.packed_size[1]
+
+    def pixels(self) -> Image.Image:
+        """The picture (``RGB``), decoded again from its PNG when the item is packed."""
+        if self.image is not None:
+            return self.image
+        with Image.open(io.BytesIO(self.png)) as packed:
+            return packed.convert("RGB")
+
+    def pack(self) -> ImageItem:
+        """This item with its pixels replaced by their PNG (:meth:`to_png_bytes`).
+
+        A PDF holds up to 256 pictures and hundreds of scanned pages, each rendered at up to 4 M pixels (12 MB as
+        ``RGB``): the PDF extractor packs each one as it comes, so a document's pictures cost their PNG size (a
+        scan compresses tenfold or more) and the prepare stage, which sends PNG on, encodes nothing twice.
+        """
+        if self.image is None:
+            return self
+        return dataclasses.replace(self, image=None, png=self.to_png_bytes(), packed_size=self.image.size)
 
     def to_png_bytes(self, compress_level: int = 1) -> bytes:
         """The picture as PNG bytes, to pass between pipeline stages (level 1: fast, lossless, ~2x raw size less).
@@ -97,6 +119,8 @@ class ImageItem:
         Returns:
             PNG bytes that :meth:`ImageExtractor.extract` decodes back to the same pixels.
         """
+        if self.image is None:
+            return self.png
         buffer = io.BytesIO()
         self.image.save(buffer, format="PNG", compress_level=compress_level)
         return buffer.getvalue()

@@ -271,7 +271,7 @@ class PdfExtractor:
                 picture = page.render(scale=scale).to_pil()
                 content.images.append(ImageItem(image=to_rgb(picture), source="pdf_page", page=number,
                                                 index=len(content.images), content_type="image/x-pdf-render",
-                                                page_box=(0.0, 0.0, float(width), float(height))))
+                                                page_box=(0.0, 0.0, float(width), float(height))).pack())
                 content.ocr_pages.append(number)
                 return
             if not self.embedded_images:
@@ -282,7 +282,7 @@ class PdfExtractor:
                 if item is None:
                     content.skipped_images += 1
                 else:
-                    content.images.append(item)
+                    content.images.append(item.pack())
             content.skipped_images += max(0, len(images) - MAX_IMAGES_PER_PAGE)
         except ExtractionError:
             raise

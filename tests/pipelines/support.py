@@ -1,7 +1,10 @@
-"""Helpers shared by the version and fault tests: a tiny text model, fresh catalogs, corpus and index snapshots."""
+"""Helpers shared by the version, fault and limit tests: a tiny text model, fresh catalogs, corpus and index
+snapshots, proxies that cut a service off, and peak memory."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -120,3 +123,87 @@ class FlakyProxy:
     def close(self) -> None:
         self._closed = True
         self._sock.close()
+
+
+class PeakRss:
+    """The largest growth of this process's resident memory while the block runs (sampled every 2 ms)."""
+
+    def __enter__(self) -> PeakRss:
+        import psutil
+
+        self._process = psutil.Process()
+        self.baseline = self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.baseline
+
+
+def prepare_peak(settings, batch: dict, *, timeout_s: float = 600.0) -> tuple[int, list[str]]:
+    """Run one prepare batch in a process of its own (spawned, as a Ray worker is) and measure its memory.
+
+    The stage is built (tokenizer loaded) before the measure starts, so the figure is what the batch costs.
+
+    Returns:
+        ``(peak resident-memory growth in bytes, the error reason of each output row)``.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    answer = context.Queue()
+    worker = context.Process(target=_prepare_peak, args=(settings, batch, answer))
+    worker.start()
+    try:
+        return answer.get(timeout=timeout_s)
+    finally:
+        worker.join(timeout=60)
+
+
+def _prepare_peak(settings, batch: dict, answer) -> None:
+    from pipelines import columns as C
+    from pipelines.prepare import PrepareStage
+
+    stage = PrepareStage(settings)
+    with PeakRss() as peak:
+        out = stage(batch)
+    answer.put((peak.growth, [str(r) for r in out[C.ERROR_REASON]]))
+
+
+def registered_batch(settings, tenant: str, files: dict[str, bytes]) -> dict[str, list]:
+    """Put ``files`` (by path) under ``<tenant>/``, register each as a version; the prepare stage's batch of them."""
+    import hashlib
+
+    from core.catalog import Catalog
+    from pipelines import columns as C
+
+    objects = ObjectStore(settings)
+    objects.ensure_bucket()
+    catalog = Catalog(settings)
+    batch: dict[str, list] = {name: [] for name in C.VERSION_COLUMNS}
+    try:
+        for path, data in files.items():
+            key, sha = f"{tenant}/{path}", hashlib.sha256(data).hexdigest()
+            objects.put_bytes(key, data)
+            version = catalog.register_version(tenant, path, object_key=key, sha256=sha, size=len(data)).version
+            values = {C.DOCUMENT_ID: version.document_id, C.VERSION: version.version, C.TENANT: tenant, C.PATH: path,
+                      C.OBJECT_KEY: key, C.CONTENT_TYPE: "", C.SHA256: sha, C.SIZE: len(data), C.CREATED_AT: "",
+                      C.METADATA: "{}", C.PROPERTIES: "{}"}
+            for name in C.VERSION_COLUMNS:
+                batch[name].append(values[name])
+    finally:
+        catalog.close()
+    return batch

@@ -108,8 +108,8 @@ def test_embedded_images_become_items_tied_to_their_page() -> None:
     assert [(item.page, item.source) for item in content.images] == [(1, "pdf_embedded"), (3, "pdf_embedded"), (3, "pdf_embedded")]
     assert [item.index for item in content.images] == [0, 1, 2]
     assert content.images[0].page_box == pytest.approx((72, 400, 312, 560))
-    assert content.images[0].image.mode == "RGB" and content.images[0].image.size == (120, 80)
-    assert content.images[1].image.getpixel((60, 60)) == (0, 128, 0)  # "green"
+    assert content.images[0].pixels().mode == "RGB" and content.images[0].pixels().size == (120, 80)
+    assert content.images[1].pixels().getpixel((60, 60)) == (0, 128, 0)  # "green"
     assert content.ocr_pages == []
 
 
@@ -134,7 +134,7 @@ def test_scanned_pdf_is_rendered_and_ocr_finds_add_one(rapidocr) -> None:
     assert extracted.content_type == "application/pdf" and extracted.sections == []
     assert extracted.ocr_pages == [1] and len(extracted.images) == 1
     page = extracted.images[0]
-    assert page.source == "pdf_page" and page.page == 1 and max(page.image.size) == 2000
+    assert page.source == "pdf_page" and page.page == 1 and max(page.width, page.height) == 2000
     chunks = ImageChunker(rapidocr).chunk(extracted.images)
     assert chunks and "add_one" in chunks[0].text  # never "ready" with zero chunks
     assert all(chunk.page == 1 for chunk in chunks)

@@ -309,3 +309,38 @@ def test_short_document_with_several_headings_is_one_chunk(tokenizer) -> None:
     assert chunk.text == text.strip()
     [chunk] = TextChunker(tokenizer).chunk([Section("Some intro first.\n\n# Later heading\n\nBody.")])
     assert chunk.heading == ""
+
+
+# --- large sections: tokenized one window at a time -----------------------------------------------------------------
+
+
+def test_a_section_over_the_window_is_chunked_window_by_window_with_the_same_guarantees(tokenizer, chunker,
+                                                                                       monkeypatch) -> None:
+    import pipelines.chunk.text as text_module
+
+    paragraphs = [prose(4, offset=i) for i in range(60)]
+    body = "\n\n".join(paragraphs[:30]) + "\n\n## Second half\n\n" + "\n\n".join(paragraphs[30:])
+    sections = [Section("# A long note\n\n" + body)]
+    whole = chunker.chunk(sections)
+    monkeypatch.setattr(text_module, "WINDOW_CHARS", 2000)
+    assert len(sections[0].text) > 5 * text_module.WINDOW_CHARS
+    windowed = chunker.chunk(sections)
+
+    check_invariants(tokenizer, chunker, sections, windowed)  # sizes, offsets into the section, full coverage
+    assert [c.heading for c in windowed][0] == "A long note" and windowed[-1].heading == "Second half"
+    assert {c.heading for c in windowed} == {c.heading for c in whole}
+    # Window edges fall on paragraph breaks: every chunk that does not start a window is cut as before.
+    edges = {start for start, _ in text_module._windows(sections[0].text, 0, len(sections[0].text), 2000)}
+    assert all(c.start_char in edges or sections[0].text[c.start_char - 1].isspace() for c in windowed)
+    assert 0.8 < len(windowed) / len(whole) < 1.25, (len(windowed), len(whole))
+
+
+def test_windows_end_at_paragraph_breaks_else_lines_else_spaces() -> None:
+    from pipelines.chunk.text import _windows
+
+    text = "a" * 50 + "\n\n" + "b" * 50 + "\n" + "c" * 60 + " " + "d" * 100
+    windows = _windows(text, 0, len(text), 70)
+    assert "".join(text[s:e] for s, e in windows) == text and all(e - s <= 70 for s, e in windows)
+    assert windows[:3] == [(0, 52), (52, 103), (103, 164)]  # a blank line, then a line break, then a space
+    assert windows[3:] == [(164, 234), (234, 264)]  # no break at all: at the size
+    assert _windows("x" * 150, 0, 150, 70) == [(0, 70), (70, 140), (140, 150)]  # no break at all: at the size
