@@ -1,4 +1,4 @@
-# Sluice: local commands. See docs/ARCHITECTURE.md, "Interfaces (contract)".
+# Sluice: local commands. See docs/DESIGN.md, "Interfaces (contract)".
 #
 #   make install   venv + Python dependencies + Debian packages (postgresql, redis-server); fast when present
 #   make up        start the local stack (PostgreSQL, Redis, S3, Ray head, Serve); writes .sluice/env

@@ -1,6 +1,6 @@
 """What every job entrypoint shares: its log format, and how a failure of the infrastructure ends it.
 
-A job's last line of standard output is one JSON object (docs/ARCHITECTURE.md, "Interfaces (contract)"): its result, or, when a
+A job's last line of standard output is one JSON object (docs/DESIGN.md, "Interfaces (contract)"): its result, or, when a
 service could not be reached or the configuration is wrong, ``{"error": "service_unavailable", "service", "detail"}``
 or ``{"error": "configuration", "detail"}`` with exit status :data:`EXIT_INFRASTRUCTURE`.
 """

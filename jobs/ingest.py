@@ -5,7 +5,7 @@ Run it directly, or on a running cluster with::
     ray job submit --working-dir . -- python -m jobs.ingest --tenant demo --scan
 
 The last line of standard output is one JSON object with ``documents_seen``, ``documents_indexed``,
-``documents_unchanged``, ``documents_failed``, ``chunks_indexed`` and ``seconds`` (docs/ARCHITECTURE.md, "Interfaces (contract)").
+``documents_unchanged``, ``documents_failed``, ``chunks_indexed`` and ``seconds`` (docs/DESIGN.md, "Interfaces (contract)").
 Exit status: 0 when the run finished (even with failed documents: they are in ``dead_letters``), 2 when a service
 (S3, PostgreSQL, Qdrant, Redis, Ray) could not be reached or the configuration is wrong; the message names which.
 ``--retry-failed`` first replays the dead letters (their failed versions become ``pending`` again).

@@ -68,7 +68,7 @@ ACTOR_INIT_DEATHS = 3
 
 @dataclasses.dataclass
 class IngestSummary:
-    """The job's result; printed as the last line of ``jobs.ingest`` (the docs/ARCHITECTURE.md contract fields first).
+    """The job's result; printed as the last line of ``jobs.ingest`` (the docs/DESIGN.md contract fields first).
 
     ``chunks_embedded`` counts the chunks this run embedded and wrote (0 over an unchanged corpus);
     ``versions_resumed`` the versions a dead run had left ``indexing``; ``documents_deleted`` the documents whose

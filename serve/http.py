@@ -1,7 +1,7 @@
 """What every Sluice HTTP application shares: request ids, the tenant header, and JSON errors.
 
 Every response carries ``X-Request-ID`` (the client's when it sent one, else a new one) and every error is JSON
-``{"error": code, "detail": text}`` (docs/ARCHITECTURE.md, "Interfaces (contract)"). Under Ray Serve the proxy already assigns the
+``{"error": code, "detail": text}`` (docs/DESIGN.md, "Interfaces (contract)"). Under Ray Serve the proxy already assigns the
 request id (taking the client's ``X-Request-ID`` when sent) and returns it; the middleware then logs with that id and
 only sets the header when the app runs outside Serve.
 """

@@ -16,7 +16,7 @@ Two uses:
   :func:`start_s3` and :func:`start_ray_head` each start one real server on ``127.0.0.1``, wait until it answers and
   return a handle with ``.pid``, ``.stop()`` and the connection details.
 
-Which server plays which part (see ``docs/ARCHITECTURE.md``, "Infrastructure, and how each part starts"):
+Which server plays which part (see ``docs/DESIGN.md``, "Infrastructure, and how each part starts"):
 
 - PostgreSQL: a throw-away cluster made by the Debian binaries' ``initdb``. ``initdb`` refuses to run as root, so
   when this process is root the cluster is owned by, and runs as, the ``postgres`` system user.

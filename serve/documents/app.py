@@ -1,6 +1,6 @@
 """Serve application ``documents`` (FastAPI ingress, route prefix ``/v1``).
 
-Routes (docs/ARCHITECTURE.md, "Interfaces (contract)"; paths relative to the prefix):
+Routes (docs/DESIGN.md, "Interfaces (contract)"; paths relative to the prefix):
 
 * ``GET /documents/{id}``: ``{"document_id", "path", "latest_version", "status", "error"?, "deleted", "metadata",
   "properties", ...}`` (metadata and properties of the shown version, else of the newest).

@@ -77,7 +77,7 @@ class _ClipTextQueries:
 
 
 def to_result(point: models.ScoredPoint) -> dict[str, Any]:
-    """One result of the contract (docs/ARCHITECTURE.md, "Interfaces (contract)") from a scored point."""
+    """One result of the contract (docs/DESIGN.md, "Interfaces (contract)") from a scored point."""
     p = point.payload or {}
     result = {
         "point_id": str(point.id),

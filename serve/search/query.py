@@ -98,7 +98,7 @@ class SearchFilters(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    """The body of ``POST /v1/search`` (docs/ARCHITECTURE.md, "Interfaces (contract)").
+    """The body of ``POST /v1/search`` (docs/DESIGN.md, "Interfaces (contract)").
 
     Attributes:
         query: 1 to 4,096 characters, not blank. top_k: results per page, 1 to 100. offset: results to skip.

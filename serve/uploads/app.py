@@ -1,6 +1,6 @@
 """Serve application ``uploads``: resumable, checksummed, multipart uploads into S3 (FastAPI ingress).
 
-Routes (docs/ARCHITECTURE.md, "Interfaces (contract)"), all for the caller named by ``X-User-ID``; another tenant's upload is 404:
+Routes (docs/DESIGN.md, "Interfaces (contract)"), all for the caller named by ``X-User-ID``; another tenant's upload is 404:
 
 - ``POST /v1/uploads``: create (201), or 200 ``deduplicated`` when the SHA-256 equals the latest version's.
 - ``PUT /v1/uploads/{id}/parts/{n}``: one part, streamed, checked against ``Content-MD5``/``X-Checksum-SHA256``.

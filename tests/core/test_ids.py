@@ -1,4 +1,4 @@
-"""The path rules and deterministic ids of docs/ARCHITECTURE.md."""
+"""The path rules and deterministic ids of docs/DESIGN.md."""
 
 import unicodedata
 
