@@ -218,7 +218,6 @@ class UploadsAPI:
             raise ApiError(409, "conflict", f"{upload.path!r} exists (version {latest.version}) and on_conflict is "
                            "'reject'", extra={"document_id": latest.document_id, "version": latest.version})
         try:
-            upload, started = await asyncio.to_thread(self.service.stage_if_needed, upload, started, latest)
             stored = await asyncio.to_thread(self.service.record, upload, started)
         except ServiceUnavailableError as exc:
             await asyncio.to_thread(self.service.discard_multipart, upload, started)

@@ -22,7 +22,7 @@ from core.events import EventListener
 from core.ids import document_id
 from core.objects import ObjectStore
 from core.uploads import Upload, UploadService
-from tests.serve.upload_helpers import PART, new_tenant, random_bytes, sha256_hex
+from tests.serve.upload_helpers import PART, new_tenant, random_bytes, service, sha256_hex  # noqa: F401 (service: a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +42,6 @@ def objects(settings) -> SlowCopies:
     store = SlowCopies(settings.model_copy(update={"upload_part_size": PART}))
     store.ensure_bucket()
     return store
-
-
-@pytest.fixture
-def service(objects) -> UploadService:
-    svc = UploadService(objects.settings, objects=objects)
-    yield svc
-    svc.close()
 
 
 @pytest.fixture

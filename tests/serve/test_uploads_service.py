@@ -24,7 +24,7 @@ from core.uploads import (
     UploadPart,
     UploadService,
 )
-from tests.serve.upload_helpers import PART, random_bytes, sha256_hex
+from tests.serve.upload_helpers import PART, random_bytes, service, sha256_hex  # noqa: F401 (service: a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -75,13 +75,6 @@ def objects(settings) -> FaultyObjects:
     store = FaultyObjects(settings.model_copy(update={"upload_part_size": PART}))
     store.ensure_bucket()
     return store
-
-
-@pytest.fixture
-def service(objects) -> UploadService:
-    svc = UploadService(objects.settings, objects=objects)
-    yield svc
-    svc.close()
 
 
 def begin(service: UploadService, path: str, data: bytes, *, sha256: str | None = "auto", send=True) -> Upload:

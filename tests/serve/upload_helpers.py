@@ -1,4 +1,5 @@
-"""Helpers shared by the upload tests: an HTTP client of ``/v1/uploads`` for one tenant, and the app's settings."""
+"""Helpers shared by the upload tests: an HTTP client of ``/v1/uploads`` for one tenant, the app's settings, and the
+``service`` fixture of the service-level tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 MiB = 1024**2
 #: The smallest part S3 allows; tests use it with files of at most ~11 MiB to stay fast.
@@ -89,3 +91,13 @@ class Uploads:
         body = created.json()
         self.send_all(body["upload_id"], data, body["part_size"])
         return self.complete(body["upload_id"])
+
+
+@pytest.fixture
+def service(objects):
+    """An ``UploadService`` on the test module's own ``objects`` fixture (an ``ObjectStore`` with its faults)."""
+    from core.uploads import UploadService
+
+    svc = UploadService(objects.settings, objects=objects)
+    yield svc
+    svc.close()
