@@ -66,7 +66,7 @@ status:
 	@if [ -x $(PY) ]; then $(PY) -m cluster.local.stack status; else $(PYTHON_SYS) -m cluster.local.stack status; fi
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -X faulthandler -m pytest $(PYTEST_ARGS)
 
 demo: up
 	source .sluice/env && CORPUS='$(CORPUS)' $(PY) -m cluster.local.demo

@@ -16,7 +16,10 @@ Fixtures:
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +113,34 @@ def settings(request: pytest.FixtureRequest, make_settings, tmp_path: Path):
 
 #: Ray, Serve and multi-settings fixtures live beside this file.
 pytest_plugins = ["tests.fixtures"]
+
+#: The session, kept for :func:`pytest_unconfigure` (its ``exitstatus`` is final by then).
+_SESSION: list[pytest.Session] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Keep the session, whose exit status :func:`pytest_unconfigure` ends the process with."""
+    _SESSION[:] = [session]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process with pytest's exit status as soon as pytest is done, skipping interpreter tear-down.
+
+    A whole-suite run once passed every test and then died of SIGSEGV in the interpreter's tear-down (``make:
+    Segmentation fault``, exit 2): the process has loaded torch, onnxruntime, Ray's core worker and Qdrant Edge's
+    Rust engine, whose native destructors and threads may run in any order once modules are torn down. Nothing
+    the tests assert happens after this hook: every fixture, each server included, has been torn down. So the
+    process ends here with the status pytest computed, after flushing what was written. ``SLUICE_TEST_SOFT_EXIT=1``
+    keeps the ordinary exit (to debug a tear-down).
+    """
+    if os.environ.get("SLUICE_TEST_SOFT_EXIT") == "1" or not _SESSION:
+        return
+    status = int(_SESSION[0].exitstatus)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(status)
