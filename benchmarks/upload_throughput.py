@@ -1,17 +1,22 @@
 """Upload throughput through Ray Serve, beside a plain ``put_object`` to the same S3 server.
 
 Starts its own PostgreSQL, Redis and S3 servers, a local Ray and the ``uploads`` Serve application
-(:mod:`benchmarks.servers`), writes a file of random bytes, then uploads it three ways in one run:
+(:mod:`benchmarks.servers`), writes a file of random bytes, then uploads it four ways in one run:
 
 1. ``put_object`` of the file straight to S3 with the MinIO SDK (the limit: no Serve, no verification);
-2. the raw API: create, 4 parts in parallel (``Content-MD5`` each), complete;
-3. ``sluice upload`` (the client CLI, in a subprocess, 4 parallel parts).
+2. the raw API, proxied: create, 4 parts in parallel through Serve (``Content-MD5`` each), complete;
+3. ``sluice upload`` (the client CLI, in a subprocess, 4 parallel parts), direct: each part signed by Serve for its
+   MD5 and sent straight to S3; completion checks the parts' ETags and joins them at the document's key;
+4. ``sluice upload --transfer proxy``: the parts through Serve.
 
-Each upload goes to its own path; each API upload ends with the server's read-back SHA-256 check and the copy to the
-document's key, both counted. Prints one JSON line: MB/s of each, their ratios to the plain put, and the peak RSS of
-the Serve replica (and of the Serve proxy) sampled every 0.2 s.
+The direct put and the direct ``sluice upload`` are measured side by side ``--rounds`` times (alternating, with Ray
+and Serve running for both, each to a new path); their ratio is given per round and as the median (the machine's
+noise moves both). Each upload goes to its own path; each proxied upload ends with the server's read-back SHA-256 check and the copy to
+the document's key, both counted; a direct one has neither. Every CLI run includes its interpreter's start and its
+hashing of the file. Prints one JSON line: MB/s of each, their ratios to the plain put, the part bytes that passed
+through the replica, and the peak RSS of the Serve replica (and of the Serve proxy) sampled every 0.25 s.
 
-    python benchmarks/upload_throughput.py [--size-mib 512] [--part-mib 16] [--parallel 4]
+    python benchmarks/upload_throughput.py [--size-mib 512] [--part-mib 16] [--parallel 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=512, help="file size in MiB (default %(default)s)")
     parser.add_argument("--part-mib", type=int, default=16, help="part size in MiB (default %(default)s)")
     parser.add_argument("--parallel", type=int, default=4, help="parts in flight (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="paired direct-put / direct-upload rounds (default %(default)s)")
     args = parser.parse_args(argv)
 
     from ray import serve
@@ -125,12 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                 size = data_path.stat().st_size
                 sha256 = hashlib.sha256(data_path.read_bytes()).hexdigest()
 
-                # Warm up: the first write to a new bucket makes SeaweedFS grow its volumes.
-                objects.client.put_object("bench", "warm-up", io.BytesIO(os.urandom(part_size)), part_size)
+                # Warm up: the first writes to a new bucket make SeaweedFS grow its volumes (a whole file's worth).
+                objects.client.fput_object("bench", "warm-up", str(data_path), part_size=part_size)
                 objects.remove("warm-up")
-                started = time.perf_counter()
-                objects.client.fput_object("bench", f"{TENANT}/direct/payload.bin", str(data_path), part_size=part_size)
-                direct_s = time.perf_counter() - started
 
                 start_ray()
                 app = build_app({"settings_overrides": settings_overrides(settings)})
@@ -144,26 +147,43 @@ def main(argv: list[str] | None = None) -> int:
                     raw = raw_api_upload(base_url, data_path, "raw/payload.bin", sha256, args.parallel, part_size)
                     raw_s = time.perf_counter() - started
 
-                    state = root / "client-state.json"
-                    started = time.perf_counter()
-                    cli = subprocess.run(
-                        [sys.executable, "-m", "serve.client.cli", "--url", base_url, "--tenant", TENANT, "upload",
-                         str(data_path), "--to", "cli", "--parallel", str(args.parallel), "--part-size-mib",
-                         str(args.part_mib), "--state-file", str(state), "--no-progress"],
-                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-                    )
-                    cli_s = time.perf_counter() - started
-                if cli.returncode != 0:
-                    raise RuntimeError(f"sluice upload failed ({cli.returncode}): {cli.stderr[-2000:]}")
+                    def sluice_upload(transfer: str, prefix: str) -> float:
+                        before = handle.part_bytes_received.remote().result()
+                        started = time.perf_counter()
+                        cli = subprocess.run(
+                            [sys.executable, "-m", "serve.client.cli", "--url", base_url, "--tenant", TENANT, "upload",
+                             str(data_path), "--to", prefix, "--parallel", str(args.parallel),
+                             "--part-size-mib", str(args.part_mib), "--state-file", str(root / "client-state.json"),
+                             "--no-progress", "--transfer", transfer],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                        )
+                        seconds = time.perf_counter() - started
+                        if cli.returncode != 0:
+                            raise RuntimeError(f"sluice upload failed ({cli.returncode}): {cli.stderr[-2000:]}")
+                        through_replica[transfer] = handle.part_bytes_received.remote().result() - before
+                        return seconds
+
+                    through_replica: dict[str, int] = {}
+                    put_s, direct_upload_s = [], []
+                    for n in range(args.rounds):
+                        started = time.perf_counter()
+                        objects.client.fput_object("bench", f"{TENANT}/put-{n}/payload.bin", str(data_path),
+                                                   part_size=part_size)
+                        put_s.append(time.perf_counter() - started)
+                        direct_upload_s.append(sluice_upload("direct", f"cli-direct-{n}"))
+                    proxy_upload_s = sluice_upload("proxy", "cli-proxy")
                 part_peak = handle.part_memory_peak.remote().result()
-                stored_ok = all(
-                    objects.stat(f"{TENANT}/{p}/payload.bin").size == size for p in ("direct", "raw", "cli")
-                ) and raw["sha256"] == sha256
+                stored = ["raw", "cli-proxy"] + [f"{p}-{n}" for n in range(args.rounds) for p in ("put", "cli-direct")]
+                stored_ok = all(objects.stat(f"{TENANT}/{p}/payload.bin").size == size for p in stored)
+                stored_ok = stored_ok and raw["sha256"] == sha256
             finally:
                 stop_ray()
 
     def mbps(seconds: float) -> float:
         return round(size / MB / seconds, 1)
+
+    direct_s = statistics.median(put_s)
+    round_ratios = [round(p / u, 3) for p, u in zip(put_s, direct_upload_s)]
 
     result = {
         "benchmark": "upload_throughput",
@@ -171,12 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         "part_mib": args.part_mib,
         "parallel_parts": args.parallel,
         "direct_put_object_mb_s": mbps(direct_s),
-        "raw_api_mb_s": mbps(raw_s),
-        "sluice_upload_mb_s": mbps(cli_s),
-        "raw_api_ratio": round(direct_s / raw_s, 3),
-        "sluice_upload_ratio": round(direct_s / cli_s, 3),
-        "seconds": {"direct": round(direct_s, 2), "raw_api": round(raw_s, 2), "raw_api_complete": round(raw["complete_s"], 2),
-                    "sluice_upload": round(cli_s, 2)},
+        "raw_api_proxy_mb_s": mbps(raw_s),
+        "sluice_upload_direct_mb_s": mbps(statistics.median(direct_upload_s)),
+        "sluice_upload_proxy_mb_s": mbps(proxy_upload_s),
+        "sluice_upload_direct_ratio": statistics.median(round_ratios),
+        "sluice_upload_direct_ratio_per_round": round_ratios,
+        "raw_api_proxy_ratio": round(direct_s / raw_s, 3),
+        "sluice_upload_proxy_ratio": round(direct_s / proxy_upload_s, 3),
+        "seconds": {"direct_put": [round(x, 2) for x in put_s], "sluice_upload_direct": [round(x, 2) for x in direct_upload_s],
+                    "raw_api_proxy": round(raw_s, 2), "raw_api_proxy_complete": round(raw["complete_s"], 2),
+                    "sluice_upload_proxy": round(proxy_upload_s, 2)},
+        "part_bytes_through_replica": through_replica,
         "replica_peak_rss_mib": round(rss.peak.get("replica", 0) / MiB, 1),
         "replica_rss_before_mib": round(replica_before.rss / MiB, 1),
         "replica_peak_uss_mib": round(rss.peak_uss.get("replica", 0) / MiB, 1),

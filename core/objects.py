@@ -21,8 +21,9 @@ import hashlib
 import io
 import logging
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
@@ -158,10 +159,11 @@ class ObjectStore:
         self.bucket = settings.s3_bucket
         self.timeout_s = timeout_s
         self._client: Minio | None = None
+        self._signer: Minio | None = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_client"] = None
+        state["_client"] = state["_signer"] = None
         return state
 
     @property
@@ -449,6 +451,37 @@ class ObjectStore:
             return False
         logger.info("aborted multipart upload %s of %s", upload_id, key)
         return True
+
+    def presign_upload_part(self, key: str, upload_id: str, part_number: int, expires_s: int) -> str:
+        """A URL that lets its holder send part ``part_number`` of this multipart upload, and nothing else.
+
+        AWS Signature V4 in the query string, for ``settings.s3_public_url`` (the endpoint as clients reach it;
+        ``s3_endpoint`` when empty). The signature covers the method, the host, the key, the upload id and the part
+        number: any other request with it is refused (403 ``SignatureDoesNotMatch``), and so is any request after
+        ``expires_s`` seconds (403 ``AccessDenied``). Computed locally: no request reaches S3.
+        """
+        if not 1 <= part_number <= 10_000:
+            raise ValueError(f"part_number={part_number} must be 1 to 10,000 (S3 limit)")
+        return self.signer.get_presigned_url(
+            "PUT", self.bucket, key, expires=timedelta(seconds=expires_s),
+            extra_query_params={"uploadId": upload_id, "partNumber": str(part_number)},
+        )
+
+    @property
+    def signer(self) -> Minio:
+        """A MinIO SDK client for the public endpoint, used only to sign URLs (its region is set: it never calls S3)."""
+        if self._signer is None:
+            public = self.settings.s3_public_url
+            endpoint, secure = self.settings.s3_endpoint, self.settings.s3_secure
+            if public:
+                parts = urlsplit(public)
+                endpoint, secure = parts.netloc, parts.scheme == "https"
+            self._signer = Minio(
+                endpoint, access_key=self.settings.s3_access_key,
+                secret_key=self.settings.s3_secret_key.get_secret_value(), secure=secure,
+                region=self.settings.s3_region,
+            )
+        return self._signer
 
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
         """The parts S3 holds for a multipart upload, by part number (ListParts, every page).

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     upload_ttl_s: int = Field(default=24 * 3600, ge=60)
     #: Completion attempts before an upload stuck in ``completing`` is cleaned up and marked ``failed``.
     upload_max_attempts: int = Field(default=5, ge=1)
+    #: Whether the server offers direct uploads: clients send the parts straight to S3 through presigned URLs.
+    upload_direct: bool = True
+    #: The S3 endpoint as clients reach it, ``http(s)://host:port`` (presigned part URLs point there; the host is
+    #: part of the signature); empty: ``s3_endpoint`` with ``s3_secure``, right when clients reach S3 as Sluice does.
+    s3_public_url: str = Field(default="", pattern=r"^(https?://[^/?#\s]+/?)?$")
+    #: Seconds a presigned part URL stays valid.
+    upload_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
     # Versions and deletes.
     #: Versions of a document whose points stay in the index (the latest included); older ones are deleted.

@@ -38,6 +38,7 @@ from core.uploads.errors import (
     UploadNotFoundError,
     UploadStateError,
     UploadTooLargeError,
+    WrongTransferError,
 )
 from core.uploads.lock import LOCK_CLASS, PATH_LOCK_CLASS, CompletionLock, lock_path
 from core.uploads.maintenance import UploadMaintenance
@@ -80,6 +81,7 @@ __all__ = [
     "UploadStateError",
     "UploadStore",
     "UploadTooLargeError",
+    "WrongTransferError",
     "answer_json",
     "lock_path",
     "plan_parts",

@@ -15,7 +15,8 @@ class UploadError(SluiceError):
         ├── UploadStateError           the upload is not in a status that allows the request
         ├── CompletionInProgressError  another completion of the upload holds its lock
         ├── MissingPartsError          parts are missing or have the wrong size
-        └── PartIntegrityError         S3 stored a part whose ETag is not the MD5 of the bytes sent
+        ├── PartIntegrityError         S3 stored a part whose ETag is not the MD5 of the bytes sent
+        └── WrongTransferError         a proxied part for a direct upload, or a part URL for a proxied one
     """
 
     code = "upload_error"
@@ -74,3 +75,10 @@ class UploadTooLargeError(UploadError):
 
     code = "too_large"
 
+
+
+class WrongTransferError(UploadError):
+    """The request belongs to the other transfer: a part sent through Sluice for a ``direct`` upload (whose parts
+    go to the presigned URLs), or a part URL asked for a ``proxy`` upload."""
+
+    code = "wrong_transfer"

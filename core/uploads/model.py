@@ -11,7 +11,7 @@ from typing import Any
 
 from core.ids import document_id as make_document_id
 
-#: A new version of an existing path is uploaded under this key prefix until its bytes are verified. It holds no
+#: A proxied upload is uploaded under this key prefix until its bytes are verified. It holds no
 #: ``/``, so a staging key is never ``<tenant>/<path>``: ``jobs.ingest --scan`` skips it as an invalid key and no
 #: tenant's listing shows it.
 STAGING_PREFIX = "_sluice_staging."
@@ -43,7 +43,9 @@ class Upload:
         last_error: why the last attempt failed. progress: completion steps done. result: the stored first
         answer ``{"status_code", "body"}``. created_at, updated_at, expires_at: UTC times. metadata: the user
         metadata the new version gets (checked by ``core.metadata``), ``None`` when none was given (the version
-        then keeps its predecessor's).
+        then keeps its predecessor's). transfer: ``proxy`` (the parts go through the Serve app, to a staging key)
+        or ``direct`` (the client sends them to S3 through presigned URLs; the multipart upload is at
+        ``object_key`` and is joined there only under the path's lock, README "Uploads").
     """
 
     upload_id: str
@@ -66,6 +68,7 @@ class Upload:
     updated_at: datetime | None = None
     expires_at: datetime | None = None
     metadata: dict[str, Any] | None = None
+    transfer: str = "proxy"
 
     @property
     def part_count(self) -> int:
@@ -79,8 +82,14 @@ class Upload:
 
     @property
     def direct(self) -> bool:
-        """Whether the multipart upload goes straight to ``object_key`` (a new path) rather than a staging key."""
-        return self.s3_key == self.object_key
+        """Whether the client sends the parts straight to S3 through presigned URLs (``transfer == "direct"``)."""
+        return self.transfer == "direct"
+
+    @property
+    def legacy_in_place(self) -> bool:
+        """A proxied upload recorded before every proxied upload was staged: its multipart upload is at
+        ``object_key`` and its bytes were verified there, before the path's lock was taken."""
+        return self.transfer == "proxy" and self.s3_key == self.object_key
 
     def expected_part_size(self, part_number: int) -> int:
         """Bytes part ``part_number`` must have: ``part_size``, except the last, which holds the rest.

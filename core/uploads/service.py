@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import mimetypes
 import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -24,7 +25,6 @@ from core.ids import normalise_path, object_key
 from core.metadata import validate_metadata
 from core.objects import BadDigestError, NoSuchUploadError, ObjectStore, multipart_etag
 from core.settings import Settings
-from core.types import Version
 from core.uploads.errors import (
     CompletionInProgressError,
     MissingPartsError,
@@ -32,6 +32,7 @@ from core.uploads.errors import (
     UploadNotFoundError,
     UploadStateError,
     UploadTooLargeError,
+    WrongTransferError,
 )
 from core.uploads.lock import CompletionLock, lock_path
 from core.uploads.maintenance import UploadMaintenance
@@ -60,6 +61,15 @@ class UploadService(UploadMaintenance):
     promotions of one path are serialised, so the object is always the last registered version's bytes. The copy is
     the price of that safety (a server-side copy; no byte crosses the network).
 
+    A ``direct`` upload (``transfer="direct"``) never passes its bytes through Sluice: the client sends each part
+    to S3 through a presigned URL (:meth:`sign_parts`), declaring the part's MD5 when it asks for the URL. Its
+    multipart upload is at ``<tenant>/<path>`` itself, where nothing is visible until it is joined; completion
+    checks that S3 holds every part with exactly the declared MD5 (its ETag, which S3 computes from the bytes it
+    received), then joins the parts in :meth:`_promote`, under the path's lock and in the transaction that registers
+    the version: no copy and no read-back. The whole-object SHA-256 is the one the client declared (required); the
+    one full read the bytes get, ingest's, hashes them as they stream and fails the version (``object_changed``)
+    if they do not match it (README, "Uploads").
+
     Args:
         settings: services, ``max_upload_bytes``, ``upload_part_size``, ``upload_ttl_s``, ``upload_max_attempts``.
         objects: the S3 adapter (a seam for tests); by default one with a 300 s read timeout (a copy or a completion
@@ -83,13 +93,18 @@ class UploadService(UploadMaintenance):
     def prepare(
         self, tenant: str, path: str, size: int, *, sha256: str | None = None, content_type: str = "",
         part_size: int | None = None, on_conflict: str = "new_version", metadata: dict[str, Any] | None = None,
+        transfer: str = "proxy",
     ) -> Upload:
         """Validate a new upload and plan its parts; nothing is stored or sent.
+
+        ``transfer``: ``proxy`` or ``direct``, as the client asks; a ``direct`` upload is granted only when
+        ``settings.upload_direct`` (else it becomes ``proxy``, and the answer says so) and needs ``sha256``.
 
         Raises:
             InvalidPathError: the path or tenant breaks the rules of ``core.ids`` (the key is over 1024 bytes...).
             UploadTooLargeError: ``size`` is above ``max_upload_bytes``.
-            ValueError: the part size is outside 5 MiB to 5 GiB, or ``on_conflict`` is unknown.
+            ValueError: the part size is outside 5 MiB to 5 GiB, ``on_conflict`` or ``transfer`` is unknown, or a
+                direct upload has no ``sha256``.
             MetadataError: ``metadata`` breaks the rules of ``core.metadata`` (the key at fault is named).
         """
         key = object_key(tenant, path)
@@ -97,16 +112,23 @@ class UploadService(UploadMaintenance):
             raise UploadTooLargeError(f"size={size} is above the limit of {self.settings.max_upload_bytes} bytes")
         if on_conflict not in ("new_version", "reject"):
             raise ValueError(f"on_conflict={on_conflict!r} must be 'new_version' or 'reject'")
+        if transfer not in ("proxy", "direct"):
+            raise ValueError(f"transfer={transfer!r} must be 'proxy' or 'direct'")
+        if transfer == "direct" and not sha256:
+            raise ValueError("transfer 'direct' needs the file's sha256: Sluice never reads a direct upload's bytes "
+                             "before ingest, which checks them against it")
         if metadata is not None:
             metadata = validate_metadata(metadata)
         chosen, _ = plan_parts(size, part_size, self.settings.upload_part_size)
         normalised = normalise_path(path)
         upload_id = str(uuid.uuid4())
+        granted = "direct" if transfer == "direct" and self.settings.upload_direct else "proxy"
         return Upload(
-            upload_id=upload_id, tenant=tenant, path=normalised, object_key=key, s3_key=staging_key(upload_id),
+            upload_id=upload_id, tenant=tenant, path=normalised, object_key=key,
+            s3_key=key if granted == "direct" else staging_key(upload_id),
             s3_upload_id="", size=size, sha256=sha256.lower() if sha256 else None,
             content_type=content_type or mimetypes.guess_type(normalised)[0] or "", part_size=chosen,
-            on_conflict=on_conflict, metadata=metadata,
+            on_conflict=on_conflict, metadata=metadata, transfer=granted,
         )
 
     def start_multipart(self, upload: Upload) -> str:
@@ -114,22 +136,6 @@ class UploadService(UploadMaintenance):
         if upload.size == 0:
             return ""
         return self.objects.create_multipart_upload(upload.s3_key, upload.content_type)
-
-    def stage_if_needed(self, upload: Upload, s3_upload_id: str, latest: Version | None) -> tuple[Upload, str]:
-        """Move the multipart upload to its staging key if it is not staged yet (kept for callers of the older flow).
-
-        :meth:`prepare` stages every upload now (a new path's too: two uploads of one new path once shared
-        ``<tenant>/<path>``, and a failed one could remove the other's committed bytes), so this only moves an
-        upload built by hand with ``s3_key == object_key`` whose path already has a version.
-
-        Returns:
-            The upload and its S3 upload id, changed or not.
-        """
-        if latest is None or upload.size == 0 or upload.s3_key != upload.object_key:
-            return upload, s3_upload_id
-        self.discard_multipart(upload, s3_upload_id)
-        staged = dataclasses.replace(upload, s3_key=staging_key(upload.upload_id))
-        return staged, self.start_multipart(staged)
 
     def record(self, upload: Upload, s3_upload_id: str) -> Upload:
         """Store the new upload as ``pending``, expiring after ``upload_ttl_s``."""
@@ -146,13 +152,22 @@ class UploadService(UploadMaintenance):
 
     # -- parts and status ----------------------------------------------------------------------------------------
 
+    @staticmethod
+    def check_proxied(upload: Upload) -> None:
+        """Raise :class:`WrongTransferError` for a direct upload, whose parts never go through Sluice."""
+        if upload.direct:
+            raise WrongTransferError("this is a direct upload: send its parts to the URLs that "
+                                     "POST /v1/uploads/{id}/part-urls gives")
+
     def store_part(self, upload: Upload, part_number: int, data: bytes | bytearray, md5_hex: str) -> UploadPart:
         """Send a verified part to S3 with its Content-MD5, check the ETag, then record it.
 
         Raises:
             UploadStateError: the upload is no longer pending (S3 or the catalog says so).
             PartIntegrityError: S3 refused the digest or answered another ETag; nothing was recorded.
+            WrongTransferError: the upload is ``direct`` (its parts go to the URLs of :meth:`sign_parts`).
         """
+        self.check_proxied(upload)
         content_md5 = base64.b64encode(bytes.fromhex(md5_hex)).decode()
         try:
             etag = self.objects.upload_part(upload.s3_key, upload.s3_upload_id, part_number, data, content_md5=content_md5)
@@ -168,6 +183,62 @@ class UploadService(UploadMaintenance):
         metrics.upload_part(part.size)
         return part
 
+    def sign_parts(self, upload: Upload, digests: dict[int, str]) -> list[dict[str, Any]]:
+        """Presigned URLs for parts of a direct upload, each for the MD5 the client declares for it.
+
+        The MD5s are recorded first (signing a part again replaces its MD5: the part is being sent again), so that
+        completion can check what S3 holds against them. Each URL allows one ``PUT`` of that part for
+        ``upload_url_ttl_s`` seconds; the client sends the ``headers`` given (``Content-MD5``: S3 then refuses bytes
+        damaged on the way with 400 ``BadDigest``).
+
+        Args:
+            upload: a ``pending`` direct upload. digests: ``{part_number: md5 hex}``.
+
+        Returns:
+            ``[{"part_number", "url", "method", "headers", "size", "expires_at"}]`` by part number.
+
+        Raises:
+            WrongTransferError: a proxied upload. UploadStateError: not ``pending``. ValueError: a part number
+            outside 1 to ``part_count``, or an MD5 that is not 32 hex digits.
+        """
+        if not upload.direct:
+            raise WrongTransferError("this upload's parts go through PUT /v1/uploads/{id}/parts/{n}; create it with "
+                                     "transfer 'direct' to send them to S3 directly")
+        if upload.status != "pending":
+            raise UploadStateError(upload.status)
+        clean: dict[int, str] = {}
+        for number, md5 in digests.items():
+            upload.expected_part_size(number)  # raises ValueError for a number outside the upload
+            if len(md5) != 32 or any(c not in "0123456789abcdefABCDEF" for c in md5):
+                raise ValueError(f"part {number}: md5 must be 32 hex digits")
+            clean[number] = md5.lower()
+        self.store.record_digests(upload.upload_id, clean)
+        ttl = self.settings.upload_url_ttl_s
+        expires_at = (datetime.now(timezone.utc) + timedelta(seconds=ttl)).isoformat()
+        return [
+            {"part_number": n, "method": "PUT", "size": upload.expected_part_size(n), "expires_at": expires_at,
+             "url": self.objects.presign_upload_part(upload.s3_key, upload.s3_upload_id, n, ttl),
+             "headers": {"Content-MD5": base64.b64encode(bytes.fromhex(md5)).decode()}}
+            for n, md5 in sorted(clean.items())
+        ]
+
+    def direct_parts(self, upload: Upload) -> list[UploadPart]:
+        """The parts of a direct upload that S3 holds exactly as declared: the part's expected size, and the MD5
+        declared for it as its ETag (S3's MD5 of the bytes it received). Parts sent but never declared, or
+        holding other bytes, are not among them (they count as missing: send them again)."""
+        declared = self.store.digests(upload.upload_id)
+        try:
+            held = self.objects.list_parts(upload.s3_key, upload.s3_upload_id) if upload.s3_upload_id else []
+        except NoSuchUploadError:
+            held = []
+        found: dict[int, UploadPart] = {}
+        for p in held:
+            md5 = declared.get(p.part_number)
+            if (md5 is not None and p.etag.lower() == md5 and p.part_number <= upload.part_count
+                    and p.size == upload.expected_part_size(p.part_number)):
+                found[p.part_number] = UploadPart(p.part_number, p.size, md5, p.etag)
+        return [found[n] for n in sorted(found)]
+
     def describe(self, upload: Upload) -> dict[str, Any]:
         """What a client needs to resume or learn the outcome (the body of ``GET /v1/uploads/{id}``)."""
         parts: list[UploadPart] = []
@@ -176,7 +247,7 @@ class UploadService(UploadMaintenance):
         elif upload.status in FINAL_STATUSES:
             received, missing, received_bytes = [], [], 0
         else:
-            parts = self.store.parts(upload.upload_id)
+            parts = self.direct_parts(upload) if upload.direct else self.store.parts(upload.upload_id)
             have = {p.part_number for p in parts}
             received = sorted(have)
             missing = [n for n in range(1, upload.part_count + 1) if n not in have]
@@ -187,7 +258,7 @@ class UploadService(UploadMaintenance):
             "part_size": upload.part_size, "part_count": upload.part_count, "received_parts": received,
             "missing_parts": missing, "bytes_received": received_bytes,
             "parts": [{"part_number": p.part_number, "size": p.size, "etag": p.etag} for p in parts],
-            "attempts": upload.attempts,
+            "attempts": upload.attempts, "transfer": upload.transfer,
             "created_at": upload.created_at.isoformat() if upload.created_at else None,
             "expires_at": upload.expires_at.isoformat() if upload.expires_at else None,
         }
@@ -224,6 +295,9 @@ class UploadService(UploadMaintenance):
         with CompletionLock(self.settings, upload.upload_id) as lock:
             if not lock.acquire(wait_s):
                 raise CompletionInProgressError("another completion of this upload is running; retry later")
+            if upload.direct and upload.status == "pending":
+                # What S3 holds as declared becomes the part list claim checks (and the join uses).
+                self.store.replace_parts(upload.upload_id, self.direct_parts(upload))
             claimed = self.store.claim(upload.upload_id)
             if claimed.result is not None:
                 return Answer(**claimed.result)
@@ -249,6 +323,14 @@ class UploadService(UploadMaintenance):
                     return self._fail(up, 422, "checksum_mismatch", "the declared SHA-256 is not that of 0 bytes",
                                       expected=up.sha256, actual=EMPTY_SHA256)
                 progress["sha256"] = EMPTY_SHA256
+            elif up.direct and "sha256" not in progress:
+                # Every part is in S3 with its declared MD5 (claim checked the list); the declared SHA-256 is
+                # checked when ingest reads the bytes, their only full read.
+                verified = {"sha256": up.sha256, "size": up.size, "verified": "md5_parts"}
+                self.store.save_progress(up.upload_id, **verified)
+                progress.update(verified)
+                for part in self.store.parts(up.upload_id):  # S3 stored them without Sluice: counted once, here
+                    metrics.upload_part(part.size)
             elif "sha256" not in progress:
                 failed = self._join_parts(up)
                 if failed is not None:
@@ -265,8 +347,8 @@ class UploadService(UploadMaintenance):
                 if up.sha256 and sha != up.sha256:
                     return self._fail(up, 422, "checksum_mismatch", f"the declared SHA-256 is {up.sha256}, the "
                                       f"stored bytes hash to {sha}", ours=True, expected=up.sha256, actual=sha)
-                verified = {"sha256": sha, "size": size}
-                if up.direct:  # an upload recorded before every upload was staged: its bytes are in place already
+                verified = {"sha256": sha, "size": size, "verified": "sha256"}
+                if up.legacy_in_place:  # an upload recorded before every upload was staged: its bytes are in place already
                     verified["etag"] = self.objects.stat(up.s3_key).etag
                 self.store.save_progress(up.upload_id, **verified)
                 progress.update(verified)
@@ -338,6 +420,8 @@ class UploadService(UploadMaintenance):
         if up.size == 0:
             return self.objects.put_bytes(up.object_key, b"", up.content_type or "application/octet-stream")
         if up.direct:
+            return self._join_in_place(up)
+        if up.legacy_in_place:
             return progress["etag"]
         if progress.get("copied"):
             try:
@@ -357,6 +441,36 @@ class UploadService(UploadMaintenance):
         self.objects.remove(up.s3_key)
         return progress["etag"]
 
+    def _join_in_place(self, up: Upload) -> str | tuple[int, str, str, dict[str, Any]]:
+        """Join a direct upload's checked parts at ``<tenant>/<path>`` (under the path lock: this is its promotion).
+
+        The join names each part's checked ETag, so the object is exactly the checked parts. A join an earlier
+        attempt made (its transaction did not commit) is recognised by the object's ETag, the one S3 gives an object
+        joined from these parts; any other object there is another upload's.
+
+        Returns:
+            The object's ETag, or a failure ``(status, code, detail, extra)``.
+
+        Raises:
+            MissingPartsError: S3 no longer holds a checked part as checked (it was sent again since); the upload
+                is ``pending`` again and those parts must be sent again.
+        """
+        parts = self.store.parts(up.upload_id)
+        try:
+            return self.objects.complete_multipart_upload(up.s3_key, up.s3_upload_id,
+                                                          [(p.part_number, p.etag) for p in parts])
+        except NoSuchUploadError:
+            try:
+                info = self.objects.stat(up.object_key)
+            except KeyError:
+                info = None
+            if info is not None and info.size == up.size and info.etag == multipart_etag(p.md5 for p in parts):
+                logger.info("upload %s: an earlier attempt had joined it", up.upload_id)
+                return info.etag
+            return (409, "upload_lost", "the S3 multipart upload no longer exists; send the file again", {})
+        except S3Error as exc:
+            self._reopen_for_stale_parts(up, parts, exc)
+
     def _register(self, conn, up: Upload, sha: str, etag: str):
         """Register the promoted bytes as the path's new version, in the promotion's transaction."""
         return self.catalog.register_version_in(
@@ -374,6 +488,7 @@ class UploadService(UploadMaintenance):
         answer = answer_json(200, {
             "document_id": version.document_id, "version": version.version, "sha256": sha, "size": up.size,
             "path": up.path, "etag": etag, "deduplicated": not registration.created, "upload_id": up.upload_id,
+            "transfer": up.transfer, "verified": "md5_parts" if up.direct and up.size else "sha256",
         })
         event = (NewVersionEvent(up.tenant, version.document_id, version.version, up.path, up.upload_id)
                  if registration.created else None)
@@ -395,15 +510,20 @@ class UploadService(UploadMaintenance):
                 return self._fail(up, 409, "upload_lost", "the S3 multipart upload no longer exists")
             logger.info("upload %s: S3 had already completed it (%d bytes)", up.upload_id, info.size)
         except S3Error as exc:
-            if exc.code not in ("InvalidPart", "InvalidPartOrder"):
-                raise
-            stale = self._stale_parts(up, parts)
-            if not stale:
-                raise
-            self.store.forget_parts(up.upload_id, stale)
-            self.store.reopen(up.upload_id)
-            raise MissingPartsError(stale, []) from exc
+            self._reopen_for_stale_parts(up, parts, exc)
         return None
+
+    def _reopen_for_stale_parts(self, up: Upload, parts: list[UploadPart], exc: S3Error) -> None:
+        """After a join S3 refused: when recorded parts are no longer held as recorded, forget them and put the
+        upload back to ``pending`` (:class:`MissingPartsError` names them); any other refusal is raised as it is."""
+        if exc.code not in ("InvalidPart", "InvalidPartOrder"):
+            raise exc
+        stale = self._stale_parts(up, parts)
+        if not stale:
+            raise exc
+        self.store.forget_parts(up.upload_id, stale)
+        self.store.reopen(up.upload_id)
+        raise MissingPartsError(stale, []) from exc
 
     def _stale_parts(self, up: Upload, parts: list[UploadPart]) -> list[int]:
         """Recorded parts that S3 holds with another ETag, or not at all (a crash after a re-send)."""
@@ -433,6 +553,9 @@ class UploadService(UploadMaintenance):
     def _clean_s3(self, up: Upload, *, ours: bool = False) -> None:
         """Abort the multipart upload and remove what it wrote (idempotent, best effort: the janitor sweeps).
 
+        A direct upload writes nothing but its multipart upload until it is joined, and it is never failed after
+        that (its verified parts are joined and registered by the next attempt), so only the abort applies.
+
         A staging object is always this upload's (every upload is staged now). For an upload recorded before that,
         whose multipart upload went to the document's own key, that key is removed only when it surely holds this
         upload's bytes: ``ours``, or its ETag is the one S3 gives an object joined from this upload's parts;
@@ -441,9 +564,9 @@ class UploadService(UploadMaintenance):
         try:
             if up.s3_upload_id:
                 self.objects.abort_multipart_upload(up.s3_key, up.s3_upload_id)
-            if not up.size:
-                return
-            if ours or not up.direct:
+            if not up.size or up.direct:
+                return  # a direct upload's object key holds a registered version, or bytes its retry registers
+            if ours or not up.legacy_in_place:
                 self.objects.remove(up.s3_key)
                 return
             parts = self.store.parts(up.upload_id)

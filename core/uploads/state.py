@@ -154,12 +154,13 @@ class UploadStore:
         row = self._run(
             lambda conn: conn.execute(
                 "INSERT INTO uploads (upload_id, tenant, path, object_key, s3_key, s3_upload_id, size, sha256, "
-                "content_type, part_size, on_conflict, metadata, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT (upload_id) DO UPDATE SET "
+                "content_type, part_size, on_conflict, metadata, transfer, expires_at) VALUES (%s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT (upload_id) DO UPDATE SET "
                 "updated_at = now() RETURNING *",
                 (upload.upload_id, upload.tenant, upload.path, upload.object_key, upload.s3_key,
                  upload.s3_upload_id or None, upload.size, upload.sha256, upload.content_type, upload.part_size,
-                 upload.on_conflict, Jsonb(upload.metadata) if upload.metadata is not None else None, ttl_s),
+                 upload.on_conflict, Jsonb(upload.metadata) if upload.metadata is not None else None,
+                 upload.transfer, ttl_s),
             ).fetchone()
         )
         return Upload.from_row(row)
@@ -172,11 +173,7 @@ class UploadStore:
         """
 
         def record(conn: psycopg.Connection) -> None:
-            row = conn.execute("SELECT status FROM uploads WHERE upload_id = %s FOR SHARE", (upload_id,)).fetchone()
-            if row is None:
-                raise UploadNotFoundError(f"no upload {upload_id}")
-            if row["status"] != "pending":
-                raise UploadStateError(row["status"], f"the upload is {row['status']}; part {part.part_number} was not recorded")
+            self._check_pending(conn, upload_id, f"part {part.part_number} was not recorded")
             conn.execute(
                 "INSERT INTO upload_parts (upload_id, part_number, size, md5, etag) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (upload_id, part_number) DO UPDATE SET size = EXCLUDED.size, md5 = EXCLUDED.md5, "
@@ -185,6 +182,61 @@ class UploadStore:
             )
 
         self._run(record)
+
+    def record_digests(self, upload_id: str, digests: dict[int, str]) -> None:
+        """Record the MD5 the client declared for each part it is given a URL for (a part signed again: replaced).
+
+        Raises:
+            UploadNotFoundError: no such upload. UploadStateError: it is no longer ``pending``.
+        """
+
+        def record(conn: psycopg.Connection) -> None:
+            self._check_pending(conn, upload_id, "no part URL was signed")
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO upload_part_digests (upload_id, part_number, md5) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (upload_id, part_number) DO UPDATE SET md5 = EXCLUDED.md5, signed_at = now()",
+                    [(upload_id, n, md5) for n, md5 in sorted(digests.items())],
+                )
+
+        self._run(record)
+
+    def digests(self, upload_id: str) -> dict[int, str]:
+        """``{part_number: md5}`` the client declared for a direct upload's parts."""
+        rows = self._run(
+            lambda conn: conn.execute(
+                "SELECT part_number, md5 FROM upload_part_digests WHERE upload_id = %s", (upload_id,)
+            ).fetchall()
+        )
+        return {r["part_number"]: r["md5"] for r in rows}
+
+    def replace_parts(self, upload_id: str, parts: list[UploadPart]) -> None:
+        """Make ``parts`` the upload's recorded parts (a direct upload's: those S3 holds as declared), and only them.
+
+        Raises:
+            UploadNotFoundError: no such upload. UploadStateError: it is no longer ``pending``.
+        """
+
+        def record(conn: psycopg.Connection) -> None:
+            self._check_pending(conn, upload_id, "its parts were not recorded")
+            conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO upload_parts (upload_id, part_number, size, md5, etag) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (upload_id, part_number) DO UPDATE SET size = EXCLUDED.size, md5 = EXCLUDED.md5, "
+                    "etag = EXCLUDED.etag, created_at = now()",
+                    [(upload_id, p.part_number, p.size, p.md5, p.etag) for p in parts],
+                )
+
+        self._run(record)
+
+    @staticmethod
+    def _check_pending(conn: psycopg.Connection, upload_id: str, consequence: str) -> None:
+        row = conn.execute("SELECT status FROM uploads WHERE upload_id = %s FOR SHARE", (upload_id,)).fetchone()
+        if row is None:
+            raise UploadNotFoundError(f"no upload {upload_id}")
+        if row["status"] != "pending":
+            raise UploadStateError(row["status"], f"the upload is {row['status']}; {consequence}")
 
     def reopen(self, upload_id: str) -> None:
         """Put a ``completing`` upload back to ``pending`` (parts must be sent again)."""
@@ -283,6 +335,7 @@ class UploadStore:
             (Jsonb(answer), upload_id),
         )
         conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
+        conn.execute("DELETE FROM upload_part_digests WHERE upload_id = %s", (upload_id,))
         if event is not None:
             notify_new_version(conn, event)
 
@@ -297,6 +350,7 @@ class UploadStore:
                 (status, reason[:2000], Jsonb(answer) if answer is not None else None, upload_id),
             )
             conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
+            conn.execute("DELETE FROM upload_part_digests WHERE upload_id = %s", (upload_id,))
 
         self._run(end)
 
@@ -328,6 +382,7 @@ class UploadStore:
                 (Jsonb(answer), upload_id),
             )
             conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
+            conn.execute("DELETE FROM upload_part_digests WHERE upload_id = %s", (upload_id,))
             return upload
 
         return self._run(abort)

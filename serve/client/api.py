@@ -77,10 +77,23 @@ class SluiceClient:
             base_url=self.url, timeout=timeout_s, transport=transport, headers=headers,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
+        self.timeout_s = timeout_s
+        self._transport = transport
+        self._s3: httpx.Client | None = None
+
+    @property
+    def s3(self) -> httpx.Client:
+        """A plain HTTP client for presigned S3 URLs (no Sluice credentials: the URL's signature is the credential)."""
+        if self._s3 is None:
+            self._s3 = httpx.Client(timeout=self.timeout_s, transport=self._transport,
+                                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        return self._s3
 
     def close(self) -> None:
         """Close the connections."""
         self.http.close()
+        if self._s3 is not None:
+            self._s3.close()
 
     def __enter__(self) -> Self:
         return self
@@ -88,15 +101,18 @@ class SluiceClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def request(self, method: str, path: str, *, http: httpx.Client | None = None, **kwargs: Any) -> httpx.Response:
         """Send a request, retrying transient failures; returns the last response (any status).
+
+        ``http``: the client to send it with (default: the Sluice API's; :attr:`s3` for a presigned URL).
 
         Raises:
             httpx.TransportError: the server could not be reached after every attempt.
         """
+        http = http or self.http
 
         def attempt() -> httpx.Response:
-            response = self.http.request(method, path, **kwargs)
+            response = http.request(method, path, **kwargs)
             if response.status_code in RETRY_STATUSES:
                 raise _Retryable(response)
             return response
@@ -121,10 +137,11 @@ class SluiceClient:
 
     def create_upload(self, path: str, size: int, *, sha256: str | None = None, content_type: str = "",
                       part_size: int | None = None, on_conflict: str = "new_version",
-                      metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+                      metadata: dict[str, Any] | None = None, transfer: str = "proxy") -> dict[str, Any]:
         """``POST /v1/uploads``: 201 (a new upload) or 200 (``deduplicated``).
 
-        ``metadata``: the new version's user metadata (``None``: it keeps its predecessor's).
+        ``metadata``: the new version's user metadata (``None``: it keeps its predecessor's). ``transfer``:
+        ``direct`` asks to send the parts straight to S3 (the answer's ``transfer`` says whether it was granted).
 
         Raises:
             ApiAnswerError: any other answer (400 bad path, 409 conflict, 413 too large...).
@@ -138,7 +155,39 @@ class SluiceClient:
             body["part_size"] = part_size
         if metadata is not None:
             body["metadata"] = metadata
+        if transfer != "proxy":
+            body["transfer"] = transfer
         return self._json(self.request("POST", "/v1/uploads", json=body), 200, 201)
+
+    def part_urls(self, upload_id: str, digests: dict[int, str]) -> list[dict[str, Any]]:
+        """``POST /v1/uploads/{id}/part-urls``: a presigned URL per part of a direct upload, for its MD5 (hex).
+
+        Raises:
+            ApiAnswerError: any answer but 200.
+        """
+        body = {"parts": [{"part_number": n, "md5": md5} for n, md5 in sorted(digests.items())]}
+        return self._json(self.request("POST", f"/v1/uploads/{upload_id}/part-urls", json=body), 200)["parts"]
+
+    def put_presigned(self, signed: dict[str, Any], data: bytes) -> str:
+        """Send a part's bytes to its presigned URL (``signed``: an entry of :meth:`part_urls`); its ETag.
+
+        Raises:
+            ApiAnswerError: S3 refused it (403: the URL expired; 400 ``BadDigest``: the bytes are not those whose
+                MD5 was declared).
+            ConnectionError: S3 could not be reached at the URL's address, even after the retries (that file
+                fails; the server's ``SLUICE_S3_PUBLIC_URL`` must be an address clients reach).
+        """
+        try:
+            response = self.request(signed.get("method", "PUT"), signed["url"], http=self.s3, content=data,
+                                    headers=signed.get("headers") or {})
+        except httpx.TransportError as exc:
+            host = httpx.URL(signed["url"]).netloc.decode()
+            raise ConnectionError(f"S3 at {host} could not be reached for a direct upload ({exc}); the server's "
+                                  "SLUICE_S3_PUBLIC_URL must be an address this client reaches, or send the file "
+                                  "with --transfer proxy") from exc
+        if response.status_code != 200:
+            raise ApiAnswerError(response)
+        return response.headers.get("etag", "").strip('"')
 
     def put_part(self, upload_id: str, part_number: int, data: bytes) -> dict[str, Any]:
         """``PUT /v1/uploads/{id}/parts/{n}`` with the part's ``Content-MD5``.

@@ -1,6 +1,6 @@
 """``sluice``: the command-line client of a Sluice server.
 
-    sluice upload PATH... [--to PREFIX] [--parallel 4] [--jobs 4] [--json]
+    sluice upload PATH... [--to PREFIX] [--parallel 4] [--jobs 4] [--transfer direct|proxy] [--json]
     sluice search "query" [--top-k 10] [--mode hybrid|dense|sparse] [--prefix P] [--json]
 
 The server is ``--url`` or ``$SLUICE_URL`` (default http://127.0.0.1:8000); the caller is ``--tenant`` or
@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                     "~/.local/state/sluice/uploads.json)")
     up.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                     help="user metadata of every file uploaded (repeatable; a key given twice holds a list)")
+    up.add_argument("--transfer", choices=("direct", "proxy"), default="direct",
+                    help="direct: parts straight to S3 through presigned URLs when the server offers it (default); "
+                    "proxy: parts through the server")
     up.add_argument("--no-progress", action="store_true", help="no progress bar")
     up.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
 
@@ -123,7 +126,8 @@ def run_upload(args: argparse.Namespace, client: Client) -> int:
 
     try:
         results = client.upload(args.paths, args.to, args.parallel, metadata, jobs=args.jobs,
-                                part_size=args.part_size_mib * MiB or None, on_progress=bar.update, on_result=report)
+                                part_size=args.part_size_mib * MiB or None, on_progress=bar.update, on_result=report,
+                                transfer=args.transfer)
     finally:
         bar.close()
     failed = sum(not r.ok for r in results)

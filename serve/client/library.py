@@ -50,7 +50,7 @@ class Client(SluiceClient):
     def upload(self, paths: Iterable[str | os.PathLike[str]], prefix: str = "", parallel: int = 4,
                metadata: dict[str, Any] | None = None, *, jobs: int = 4, part_size: int | None = None,
                on_progress: Callable[[int], None] | None = None,
-               on_result: Callable[[FileResult], None] | None = None) -> list[FileResult]:
+               on_result: Callable[[FileResult], None] | None = None, transfer: str = "direct") -> list[FileResult]:
         """Upload files and folders as ``sluice upload`` does, resuming what an earlier, interrupted call left.
 
         A folder keeps its name under ``prefix`` (``docs/a.md`` with ``prefix="kb"`` is ``kb/docs/a.md``). A file
@@ -63,6 +63,7 @@ class Client(SluiceClient):
             part_size: bytes per part to ask for (``None``: the server's default).
             on_progress: called with a number of bytes each time some are stored (a progress bar).
             on_result: called with each file's result as it is known, in the order of ``paths``.
+            transfer: ``direct`` (the parts go straight to S3 when the server offers it) or ``proxy``.
 
         Returns:
             One result per file, in order. A file the server refused (bad path, too large...) is a result with
@@ -76,7 +77,7 @@ class Client(SluiceClient):
             raise ValueError(f"parallel={parallel} and jobs={jobs} must be at least 1")
         files = plan(paths, prefix)
         uploader = Uploader(self, self.state, parallel=parallel, part_size=part_size, on_progress=on_progress,
-                            metadata=metadata)
+                            metadata=metadata, transfer=transfer)
         results = []
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="file") as pool:
             for result in pool.map(lambda item: uploader.upload(*item), files):

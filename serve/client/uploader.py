@@ -1,9 +1,11 @@
 """Uploading files and folders through ``/v1/uploads``: parallel parts, retries, resume, progress.
 
 One file: hash it (SHA-256, so the server can verify the stored bytes and skip unchanged files), create the upload,
-send the missing parts in parallel (each with its ``Content-MD5``), complete. The upload id is kept in the state
-file until the completion answered, so an interrupted run resumes: it asks ``GET /v1/uploads/{id}`` which parts the
-server has and sends only the others.
+send the missing parts in parallel (each with its ``Content-MD5``), complete. A ``direct`` upload (the default, when
+the server offers it) sends each part straight to S3 through a presigned URL the server signs for the part's MD5;
+a ``proxy`` one sends it through the server. The upload id is kept in the state file until the completion answered,
+so an interrupted run resumes: it asks ``GET /v1/uploads/{id}`` which parts the server has (or, for a direct upload,
+S3 holds as declared) and sends only the others.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import logging
 import mimetypes
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -106,12 +109,18 @@ class Uploader:
         part_size: bytes per part to ask for (``None``: the server's default).
         on_progress: called with a number of bytes each time a part is stored (progress bars).
         metadata: user metadata of every file uploaded (``None``: each keeps its previous version's).
+        transfer: ``direct`` (parts straight to S3 when the server offers it, else through the server) or
+            ``proxy`` (always through the server).
     """
 
     def __init__(self, client: SluiceClient, state: StateFile, *, parallel: int = 4, part_size: int | None = None,
-                 on_progress: Callable[[int], None] | None = None, metadata: dict[str, Any] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None, metadata: dict[str, Any] | None = None,
+                 transfer: str = "direct") -> None:
         if parallel < 1:
             raise ValueError(f"parallel={parallel} must be at least 1")
+        if transfer not in ("direct", "proxy"):
+            raise ValueError(f"transfer={transfer!r} must be 'direct' or 'proxy'")
+        self.transfer = transfer
         self.client = client
         self.state = state
         self.parallel = parallel
@@ -143,7 +152,7 @@ class Uploader:
         if status is not None and status["status"] in ("pending", "completing", "completed"):
             resumed = True
             upload_id, sha256, part_size = entry["upload_id"], entry["sha256"], status["part_size"]
-            missing = status["missing_parts"]
+            missing, transfer = status["missing_parts"], status.get("transfer", "proxy")
             self.on_progress(status["bytes_received"])
         else:
             if entry:
@@ -151,29 +160,38 @@ class Uploader:
             sha256 = entry["sha256"] if entry else file_sha256(local)
             created = self.client.create_upload(
                 remote, fingerprint["size"], sha256=sha256, content_type=mimetypes.guess_type(remote)[0] or "",
-                part_size=self.part_size, metadata=self.metadata,
+                part_size=self.part_size, metadata=self.metadata, transfer=self.transfer,
             )
             if created.get("deduplicated"):
                 self.on_progress(fingerprint["size"])
                 return FileResult(str(local), remote, ok=True, size=fingerprint["size"],
                                   document_id=created["document_id"], version=created["version"], deduplicated=True)
             upload_id, part_size = created["upload_id"], created["part_size"]
-            missing = list(range(1, created["part_count"] + 1))
+            missing, transfer = list(range(1, created["part_count"] + 1)), created.get("transfer", "proxy")
             self.state.put(key, {**fingerprint, "upload_id": upload_id, "sha256": sha256, "remote": remote})
-        self._send_parts(local, upload_id, missing, part_size, fingerprint["size"])
+        self._send_parts(local, upload_id, missing, part_size, fingerprint["size"], direct=transfer == "direct")
         answer = self._complete(upload_id, fingerprint["size"])
         self.state.remove(key)
         return FileResult(str(local), remote, ok=True, size=fingerprint["size"], document_id=answer["document_id"],
                           version=answer["version"], deduplicated=bool(answer.get("deduplicated")), resumed=resumed)
 
-    def _send_parts(self, local: Path, upload_id: str, numbers: list[int], part_size: int, size: int) -> None:
+    def _send_parts(self, local: Path, upload_id: str, numbers: list[int], part_size: int, size: int, *,
+                    direct: bool) -> None:
         if not numbers:
             return
         fd = os.open(local, os.O_RDONLY)
+
+        def read(n: int) -> bytes:
+            offset = (n - 1) * part_size
+            return os.pread(fd, min(part_size, size - offset), offset)
+
         try:
+            if direct:
+                self._send_direct(upload_id, numbers, read)
+                return
+
             def send(n: int) -> None:
-                offset = (n - 1) * part_size
-                data = os.pread(fd, min(part_size, size - offset), offset)
+                data = read(n)
                 self.client.put_part(upload_id, n, data)
                 self.on_progress(len(data))
 
@@ -182,6 +200,53 @@ class Uploader:
                     future.result()
         finally:
             os.close(fd)
+
+    def _send_direct(self, upload_id: str, numbers: list[int], read: Callable[[int], bytes]) -> None:
+        """Send parts straight to S3: this thread reads ``parallel`` parts at a time, hashes them and has them signed
+        in one request, while ``parallel`` threads send the parts signed before; at most two such batches are in
+        memory. A URL that expired before its part was sent (403) is signed again, once."""
+        in_memory = threading.BoundedSemaphore(2 * self.parallel)
+        failed: list[BaseException] = []
+
+        def send(signed: dict[str, Any], data: bytes, md5: str) -> None:
+            try:
+                for attempt in range(2):
+                    try:
+                        self.client.put_presigned(signed, data)
+                        break
+                    except ApiAnswerError as exc:
+                        if exc.status_code != 403 or attempt:
+                            raise
+                        (signed,) = self.client.part_urls(upload_id, {signed["part_number"]: md5})
+                self.on_progress(len(data))
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+            finally:
+                in_memory.release()
+
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(numbers)), thread_name_prefix="part") as pool:
+            futures = []
+            for start in range(0, len(numbers), self.parallel):
+                if failed:
+                    break
+                batch: dict[int, tuple[bytes, str]] = {}
+                for n in numbers[start : start + self.parallel]:
+                    in_memory.acquire()
+                    data = read(n)
+                    batch[n] = (data, hashlib.md5(data).hexdigest())
+                try:
+                    signed_parts = self.client.part_urls(upload_id, {n: md5 for n, (_, md5) in batch.items()})
+                except BaseException:
+                    for _ in batch:
+                        in_memory.release()
+                    raise
+                for signed in signed_parts:
+                    data, md5 = batch[signed["part_number"]]
+                    futures.append(pool.submit(send, signed, data, md5))
+                del batch
+            for future in futures:
+                future.result()
 
     def _complete(self, upload_id: str, size: int) -> dict[str, Any]:
         """Complete, waiting out a completion in progress elsewhere (e.g. our own earlier, timed-out attempt)."""

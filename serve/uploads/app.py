@@ -4,6 +4,8 @@ Routes (docs/DESIGN.md, "Interfaces (contract)"), all for the caller named by ``
 
 - ``POST /v1/uploads``: create (201), or 200 ``deduplicated`` when the SHA-256 equals the latest version's.
 - ``PUT /v1/uploads/{id}/parts/{n}``: one part, streamed, checked against ``Content-MD5``/``X-Checksum-SHA256``.
+- ``POST /v1/uploads/{id}/part-urls``: presigned S3 URLs for the parts of a ``direct`` upload (the bytes then go
+  from the client straight to S3).
 - ``GET /v1/uploads/{id}``: status, received and missing parts (what a client needs to resume).
 - ``POST /v1/uploads/{id}/complete``: join, verify the SHA-256 of the stored bytes, create the document version.
 - ``DELETE /v1/uploads/{id}``: abort (204).
@@ -41,13 +43,14 @@ from core.uploads import (
     UploadService,
     UploadStateError,
     UploadTooLargeError,
+    WrongTransferError,
 )
 from serve.http import (ApiError, ContractPaths, checked_metadata, install_common_handlers, read_json_body, tenant_of,
                         validation_detail)
 from serve.uploads.body import ByteBudget, NativeMemory, check_declared_length, parse_digests, read_part, verify
 from serve import openapi
-from serve.uploads.models import (CreateUpload, PartStored, UploadCompleted, UploadCreated, UploadDeduplicated,
-                                  UploadList, UploadStatus, check_path_characters)
+from serve.uploads.models import (CreateUpload, PartStored, PartUrls, PartUrlsRequest, UploadCompleted, UploadCreated,
+                                  UploadDeduplicated, UploadList, UploadStatus, check_path_characters)
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ api = FastAPI(title="Sluice uploads", version="0.1.0", generate_unique_id_functi
 install_common_handlers(api)
 api.add_middleware(ContractPaths, prefix=PREFIX)
 #: The request bodies the routes read themselves (``serve.openapi.json_body``).
-BODIES = (CreateUpload,)
+BODIES = (CreateUpload, PartUrlsRequest)
 openapi.install(api, BODIES)
 
 #: Seconds a client should wait before retrying after a 503 or a completion in progress.
@@ -82,6 +85,8 @@ def api_error(exc: Exception) -> ApiError:
         return ApiError(409, exc.code, exc.detail, headers={"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(exc, PartIntegrityError):
         return ApiError(502, exc.code, f"{exc.detail}; send the part again")
+    if isinstance(exc, WrongTransferError):
+        return ApiError(409, exc.code, exc.detail)
     if isinstance(exc, UploadTooLargeError):
         return ApiError(413, exc.code, exc.detail)
     if isinstance(exc, UploadError):
@@ -91,6 +96,14 @@ def api_error(exc: Exception) -> ApiError:
         return ApiError(503, "service_unavailable", f"{exc.service} is unavailable; retry later",
                         headers={"Retry-After": str(RETRY_AFTER_S)})
     raise exc
+
+
+async def _part_urls_body(request: Request) -> PartUrlsRequest:
+    raw = await read_json_body(request, MAX_JSON_BYTES)
+    try:
+        return PartUrlsRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", validation_detail(exc)) from None
 
 
 async def _create_body(request: Request) -> CreateUpload:
@@ -164,6 +177,10 @@ class UploadsAPI:
         """The most part bytes this replica held at once."""
         return self.budget.peak
 
+    def part_bytes_received(self) -> int:
+        """The part bytes this replica has received since it started (a direct upload's never pass through it)."""
+        return self.budget.total
+
     async def _upload(self, upload_id: str, tenant: str):
         upload = await self._call(self.service.store.get, upload_id, tenant)
         if upload is None:
@@ -187,6 +204,7 @@ class UploadsAPI:
             upload = self.service.prepare(
                 tenant, body.path, body.size, sha256=body.sha256, content_type=body.content_type,
                 part_size=body.part_size, on_conflict=body.on_conflict, metadata=body.metadata,
+                transfer=body.transfer,
             )
         except InvalidPathError as exc:
             raise ApiError(400, "bad_path", exc.reason) from None
@@ -227,7 +245,7 @@ class UploadsAPI:
         return JSONResponse(
             {"upload_id": stored.upload_id, "part_size": stored.part_size, "part_count": stored.part_count,
              "expires_at": stored.expires_at.isoformat() if stored.expires_at else None, "path": stored.path,
-             "document_id": stored.document_id, "size": stored.size},
+             "document_id": stored.document_id, "size": stored.size, "transfer": stored.transfer},
             status_code=201, headers={"Location": f"/v1/uploads/{stored.upload_id}"},
         )
 
@@ -261,6 +279,10 @@ class UploadsAPI:
             raise ApiError(409, "not_pending", f"the upload is {upload.status}", extra={"status": upload.status})
         if number > upload.part_count:
             raise ApiError(400, "bad_part_number", f"this upload has {upload.part_count} part(s); got part {number}")
+        try:
+            self.service.check_proxied(upload)  # before reading the body: a direct upload's parts go to S3
+        except WrongTransferError as exc:
+            raise api_error(exc) from None
         expected = upload.expected_part_size(number)
         check_declared_length(request, number, expected, upload.part_size)
         async with self.budget.reserve(expected):
@@ -270,6 +292,23 @@ class UploadsAPI:
             del body
         self.native_memory.trim()  # at most once a second
         return JSONResponse({"part_number": part.part_number, "etag": part.etag, "size": part.size})
+
+    @api.post(PREFIX + "/{upload_id}/part-urls", response_model=PartUrls, openapi_extra=openapi.json_body(PartUrlsRequest),
+              responses=openapi.errors(400, 401, 404, 409, 413, 422, 503))
+    async def part_urls(self, upload_id: str, request: Request) -> JSONResponse:
+        """Presigned S3 URLs for parts of a ``direct`` upload, each for the MD5 declared for it (409
+        ``wrong_transfer`` for a proxied upload). Signing a part again gives a new URL and replaces its MD5."""
+        tenant = tenant_of(request)
+        body = await _part_urls_body(request)
+        upload = await self._upload(upload_id, tenant)
+        if upload.status != "pending":
+            raise ApiError(409, "not_pending", f"the upload is {upload.status}", extra={"status": upload.status})
+        digests = {p.part_number: p.md5 for p in body.parts}
+        beyond = sorted(n for n in digests if n > upload.part_count)
+        if beyond:
+            raise ApiError(400, "bad_part_number", f"this upload has {upload.part_count} part(s); got part {beyond[0]}")
+        signed = await self._call(self.service.sign_parts, upload, digests)
+        return JSONResponse({"parts": signed})
 
     @api.get(PREFIX + "/{upload_id}", response_model=UploadStatus, responses=openapi.errors(401, 404, 503))
     async def status(self, upload_id: str, request: Request) -> JSONResponse:

@@ -166,6 +166,8 @@ class ByteBudget:
         self.limit = limit
         self.used = 0
         self.peak = 0
+        #: Bytes reserved since the start, all reservations together (the part bytes the replica received).
+        self.total = 0
         self._condition: asyncio.Condition | None = None
 
     @contextlib.asynccontextmanager
@@ -178,6 +180,7 @@ class ByteBudget:
         async with condition:
             await condition.wait_for(lambda: self.used + size <= self.limit)
             self.used += size
+            self.total += size
             self.peak = max(self.peak, self.used)
         try:
             yield

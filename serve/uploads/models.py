@@ -27,6 +27,9 @@ class CreateUpload(BaseModel):
         on_conflict: ``new_version`` (default) or ``reject`` (409 when the path exists).
         metadata: the new version's user metadata (README, "Document metadata"; checked by ``core.metadata``,
             which names the key at fault); omitted: the version keeps its predecessor's.
+        transfer: ``proxy`` (default: the parts go through ``PUT /v1/uploads/{id}/parts/{n}``) or ``direct`` (the
+            client sends them to S3 through the URLs of ``POST /v1/uploads/{id}/part-urls``; needs ``sha256``).
+            The answer says which one the server granted.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -38,6 +41,41 @@ class CreateUpload(BaseModel):
     part_size: StrictInt | None = Field(default=None, ge=1)
     on_conflict: Literal["new_version", "reject"] = "new_version"
     metadata: dict[str, StrictStr | StrictInt | StrictFloat | StrictBool | list[StrictStr]] | None = None
+    transfer: Literal["proxy", "direct"] = "proxy"
+
+
+class PartDigest(BaseModel):
+    """A part a client is about to send to S3: its number and the MD5 of its bytes (hex)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    part_number: StrictInt = Field(ge=1, le=10_000)
+    md5: StrictStr = Field(pattern=r"^[0-9a-fA-F]{32}$")
+
+
+class PartUrlsRequest(BaseModel):
+    """The body of ``POST /v1/uploads/{id}/part-urls``: the parts to sign, 1 to 1,000 at a time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parts: list[PartDigest] = Field(min_length=1, max_length=1000)
+
+
+class PartUrl(BaseModel):
+    """Where and how to send one part: ``PUT`` the part's bytes to ``url`` with ``headers``, before ``expires_at``."""
+
+    part_number: int
+    url: str
+    method: Literal["PUT"]
+    headers: dict[str, str]
+    size: int
+    expires_at: str
+
+
+class PartUrls(BaseModel):
+    """200 of ``POST /v1/uploads/{id}/part-urls``."""
+
+    parts: list[PartUrl]
 
 
 def check_path_characters(path: str) -> None:
@@ -67,6 +105,7 @@ class UploadCreated(BaseModel):
     path: str
     document_id: str
     size: int
+    transfer: Literal["proxy", "direct"] = "proxy"
 
 
 class UploadDeduplicated(BaseModel):
@@ -136,6 +175,7 @@ class UploadStatus(BaseModel):
     attempts: int
     created_at: str | None
     expires_at: str | None
+    transfer: Literal["proxy", "direct"] = "proxy"
     error: str | None = None
     result: dict[str, Any] | None = None
 
@@ -152,3 +192,7 @@ class UploadCompleted(BaseModel):
     etag: str
     deduplicated: bool
     upload_id: str
+    transfer: Literal["proxy", "direct"] = "proxy"
+    #: ``sha256``: Sluice hashed the stored bytes; ``md5_parts``: S3 holds every part with the MD5 the client
+    #: declared, and ingest checks the declared SHA-256 when it reads the bytes.
+    verified: Literal["sha256", "md5_parts"] = "sha256"

@@ -56,7 +56,8 @@ def test_uploading_a_folder_keeps_its_layout(base_url, tenant, folder, objects, 
     assert capsys.readouterr().out.count("unchanged") == 4  # the same bytes make no new version
 
 
-def test_an_interrupted_upload_resumes_with_the_missing_parts(base_url, tenant, tmp_path, objects, capsys):
+@pytest.mark.parametrize("transfer", ["direct", "proxy"])
+def test_an_interrupted_upload_resumes_with_the_missing_parts(base_url, tenant, tmp_path, objects, capsys, transfer):
     data = os.urandom(3 * PART + 1)
     local = tmp_path / "large.bin"
     local.write_bytes(data)
@@ -65,23 +66,48 @@ def test_an_interrupted_upload_resumes_with_the_missing_parts(base_url, tenant, 
     class Flaky(SluiceClient):
         sent = 0
 
-        def put_part(self, upload_id, part_number, data):
+        def _fail_after_two(self):
             if Flaky.sent >= 2:
                 raise httpx.ConnectError("the network went away")
             Flaky.sent += 1
+
+        def put_part(self, upload_id, part_number, data):
+            self._fail_after_two()
             return super().put_part(upload_id, part_number, data)
 
+        def put_presigned(self, signed, data):
+            self._fail_after_two()
+            return super().put_presigned(signed, data)
+
     with Flaky(base_url, tenant, attempts=1) as flaky, pytest.raises(httpx.ConnectError):
-        Uploader(flaky, state, parallel=1).upload(local, "big/large.bin")
+        Uploader(flaky, state, parallel=1, transfer=transfer).upload(local, "big/large.bin")
     (entry,) = json.loads(state.path.read_text()).values()
     server = Uploads(base_url, tenant)
-    assert server.status(entry["upload_id"]).json()["received_parts"] == [1, 2]
+    status = server.status(entry["upload_id"]).json()
+    assert status["transfer"] == transfer and status["received_parts"] == [1, 2]
 
-    assert sluice(base_url, tenant, state.path, str(local), "--to", "big") == 0
+    assert sluice(base_url, tenant, state.path, str(local), "--to", "big", "--transfer", transfer) == 0
     assert "resumed" in capsys.readouterr().out
     finished = server.status(entry["upload_id"]).json()
     assert finished["status"] == "completed" and finished["result"]["version"] == 1
+    assert finished["result"]["verified"] == ("md5_parts" if transfer == "direct" else "sha256")
     assert objects.get_bytes(f"{tenant}/big/large.bin") == data
+
+
+def test_a_direct_upload_sends_no_part_bytes_through_the_server(base_url, tenant, tmp_path, objects):
+    from ray import serve
+
+    replica = serve.get_deployment_handle("UploadsAPI", app_name="uploads")
+    data = os.urandom(3 * PART + 11)
+    (tmp_path / "file.bin").write_bytes(data)
+    received = []
+    for transfer in ("direct", "proxy"):
+        before = replica.part_bytes_received.remote().result()
+        assert sluice(base_url, tenant, tmp_path / "s.json", str(tmp_path / "file.bin"), "--to", transfer,
+                      "--transfer", transfer) == 0
+        assert objects.get_bytes(f"{tenant}/{transfer}/file.bin") == data
+        received.append(replica.part_bytes_received.remote().result() - before)
+    assert received == [0, len(data)]  # direct: S3 got every byte, the server none
 
 
 def test_a_file_changed_since_the_interruption_starts_over(base_url, tenant, tmp_path, objects, capsys):
@@ -158,3 +184,17 @@ def test_plan_names_files_like_cp(tmp_path):
     with pytest.raises(FileNotFoundError):
         plan([tmp_path / "missing"])
     assert MiB == 1024**2
+
+
+def test_an_unreachable_s3_fails_the_file_with_a_hint_and_not_the_run(base_url, tenant, tmp_path, unused_port):
+    class ElsewhereS3(SluiceClient):
+        """Part URLs pointing where no S3 listens (a server whose ``SLUICE_S3_PUBLIC_URL`` is wrong)."""
+
+        def part_urls(self, upload_id, digests):
+            signed = super().part_urls(upload_id, digests)
+            return [dict(p, url=str(httpx.URL(p["url"]).copy_with(port=unused_port))) for p in signed]
+
+    (tmp_path / "f.bin").write_bytes(os.urandom(PART + 1))
+    with ElsewhereS3(base_url, tenant, attempts=1) as client:
+        result = Uploader(client, StateFile(tmp_path / "s.json")).upload(tmp_path / "f.bin", "f.bin")
+    assert not result.ok and "SLUICE_S3_PUBLIC_URL" in result.error and "--transfer proxy" in result.error

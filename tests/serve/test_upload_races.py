@@ -9,20 +9,19 @@ key, and every registered version is announced exactly once.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from core.catalog import Catalog
 from core.errors import ServiceUnavailableError
 from core.events import EventListener
 from core.ids import document_id
 from core.objects import ObjectStore
 from core.uploads import Upload, UploadService
-from tests.serve.upload_helpers import PART, new_tenant, random_bytes, service, sha256_hex  # noqa: F401 (service: a fixture)
+from tests.serve.upload_helpers import (  # noqa: F401 (service, catalog: fixtures)
+    PART, assert_object_is_the_head, begin, catalog, new_tenant, random_bytes, service, sha256_hex)
 
 pytestmark = pytest.mark.integration
 
@@ -44,38 +43,11 @@ def objects(settings) -> SlowCopies:
     return store
 
 
-@pytest.fixture
-def catalog(objects):
-    catalog = Catalog(objects.settings)
-    yield catalog
-    catalog.close()
-
-
-def begin(service: UploadService, tenant: str, path: str, data: bytes, *, sha256: str | None = None) -> Upload:
-    """Create an upload (as ``POST /v1/uploads`` does) and send every part."""
-    upload = service.prepare(tenant, path, len(data), sha256=sha256 or sha256_hex(data))
-    upload, s3_upload_id = service.stage_if_needed(
-        upload, service.start_multipart(upload), service.store.latest_version(tenant, upload.path))
-    upload = service.record(upload, s3_upload_id)
-    for n in range(1, upload.part_count + 1):
-        chunk = data[(n - 1) * upload.part_size : n * upload.part_size]
-        service.store_part(upload, n, chunk, hashlib.md5(chunk).hexdigest())
-    return upload
-
-
-def assert_object_is_the_head(objects: ObjectStore, catalog: Catalog, tenant: str, path: str, data: bytes) -> None:
-    """The object holds ``data``, and the catalog's head version names exactly those bytes."""
-    assert objects.get_bytes(f"{tenant}/{path}") == data
-    head = catalog.latest_versions(tenant)[path]
-    assert head.sha256 == objects.sha256(f"{tenant}/{path}")[0] == sha256_hex(data)
-    assert head.etag == objects.stat(f"{tenant}/{path}").etag
-
-
 def test_uploads_are_staged_under_their_own_keys(service):
     tenant = new_tenant()
     first, second = (begin(service, tenant, "same/new.bin", random_bytes(100)) for _ in range(2))
     assert first.s3_key != second.s3_key
-    assert not first.direct and not second.direct
+    assert first.s3_key != first.object_key and second.s3_key != second.object_key
     assert f"{tenant}/" not in first.s3_key + second.s3_key
 
 

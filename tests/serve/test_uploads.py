@@ -5,9 +5,11 @@ Every test checks that the bytes in S3 equal the bytes sent, or that nothing is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import unicodedata
 
+import httpx
 import pytest
 
 from core.ids import document_id
@@ -263,6 +265,48 @@ def test_abort(client, objects, tenant):
     assert store.parts(uid) == []
     store.close()
     assert_absent(objects, f"{tenant}/aborted.bin")
+
+
+def test_a_direct_upload_over_http_sends_its_parts_to_s3(client, objects, tenant, base_url):
+    data = random_bytes(2 * PART + 9)
+    created = client.create("direct/over-http.bin", len(data), sha256=sha256_hex(data), transfer="direct")
+    assert created.status_code == 201 and created.json()["transfer"] == "direct"
+    upload_id, size = created.json()["upload_id"], created.json()["part_size"]
+    chunks = {n: data[(n - 1) * size : n * size] for n in (1, 2, 3)}
+    signed = client.part_urls(upload_id, {n: hashlib.md5(c).hexdigest() for n, c in chunks.items()})
+    assert signed.status_code == 200
+    assert [p["part_number"] for p in signed.json()["parts"]] == [1, 2, 3]
+    for part in signed.json()["parts"]:
+        assert part["method"] == "PUT" and part["size"] == len(chunks[part["part_number"]])
+        sent = httpx.put(part["url"], content=chunks[part["part_number"]], headers=part["headers"])
+        assert sent.status_code == 200, sent.text
+    assert client.status(upload_id).json()["received_parts"] == [1, 2, 3]
+
+    proxied = client.put(upload_id, 1, chunks[1])
+    assert proxied.status_code == 409 and proxied.json()["error"] == "wrong_transfer"
+    assert Uploads(base_url, new_tenant()).part_urls(upload_id, {1: "0" * 32}).status_code == 404
+
+    done = client.complete(upload_id)
+    assert done.status_code == 200, done.text
+    assert done.json()["verified"] == "md5_parts" and done.json()["transfer"] == "direct"
+    assert_stored(objects, tenant, "direct/over-http.bin", data)
+    assert client.part_urls(upload_id, {1: "0" * 32}).json()["error"] == "not_pending"
+
+
+def test_part_urls_are_refused_with_reasons(client):
+    data = random_bytes(PART + 1)
+    proxied = client.create("p.bin", len(data), sha256=sha256_hex(data)).json()
+    assert proxied["transfer"] == "proxy"
+    answer = client.part_urls(proxied["upload_id"], {1: "0" * 32})
+    assert answer.status_code == 409 and answer.json()["error"] == "wrong_transfer"
+    no_sha = client.create("d.bin", len(data), transfer="direct")
+    assert no_sha.status_code == 422 and "sha256" in no_sha.json()["detail"]
+    direct = client.create("d.bin", len(data), sha256=sha256_hex(data), transfer="direct").json()
+    for digests, status, code in [({3: "0" * 32}, 400, "bad_part_number"), ({1: "xyz"}, 422, "invalid_request")]:
+        answer = client.part_urls(direct["upload_id"], digests)
+        assert (answer.status_code, answer.json()["error"]) == (status, code), answer.text
+    assert client.http.post(f"{client.base}/{direct['upload_id']}/part-urls", json={"parts": []},
+                            headers=client.headers()).status_code == 422
 
 
 def test_another_tenants_upload_is_not_found(client, base_url):

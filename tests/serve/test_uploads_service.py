@@ -24,7 +24,7 @@ from core.uploads import (
     UploadPart,
     UploadService,
 )
-from tests.serve.upload_helpers import PART, random_bytes, service, sha256_hex  # noqa: F401 (service: a fixture)
+from tests.serve.upload_helpers import PART, begin, random_bytes, service, sha256_hex  # noqa: F401 (service: a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -77,19 +77,6 @@ def objects(settings) -> FaultyObjects:
     return store
 
 
-def begin(service: UploadService, path: str, data: bytes, *, sha256: str | None = "auto", send=True) -> Upload:
-    upload = service.prepare("acme", path, len(data), sha256=sha256_hex(data) if sha256 == "auto" else sha256)
-    upload, s3_upload_id = service.stage_if_needed(
-        upload, service.start_multipart(upload), service.store.latest_version("acme", upload.path)
-    )
-    upload = service.record(upload, s3_upload_id)
-    if send:
-        for n in range(1, upload.part_count + 1):
-            chunk = data[(n - 1) * upload.part_size : n * upload.part_size]
-            service.store_part(upload, n, chunk, hashlib.md5(chunk).hexdigest())
-    return upload
-
-
 def staging_left(objects: ObjectStore, upload: Upload) -> list[str]:
     return [o.key for o in objects.list_objects(STAGING_PREFIX) if upload.upload_id in o.key] + [
         m.key for m in objects.list_multipart_uploads(STAGING_PREFIX) if upload.upload_id in m.key
@@ -98,7 +85,7 @@ def staging_left(objects: ObjectStore, upload: Upload) -> list[str]:
 
 def test_a_lost_completion_answer_is_retried_safely(service, objects):
     data = random_bytes(PART + 100)
-    upload = begin(service, "lost/answer.bin", data)
+    upload = begin(service, "acme", "lost/answer.bin", data)
     objects.faults["complete_multipart_upload"] = "answer_lost"
     with pytest.raises(ServiceUnavailableError):
         service.complete("acme", upload.upload_id)
@@ -113,8 +100,8 @@ def test_a_lost_completion_answer_is_retried_safely(service, objects):
 
 def test_a_crash_during_a_new_paths_completion_is_retried(service, objects):
     data = random_bytes(PART + 1)
-    upload = begin(service, "crash/new.bin", data)
-    assert not upload.direct  # a new path is staged under its own key too (two uploads of it never share one)
+    upload = begin(service, "acme", "crash/new.bin", data)
+    assert upload.s3_key != upload.object_key  # a new path is staged under its own key too (two uploads of it never share one)
     objects.faults["stat"] = "down"  # after the copy to the path, before anything is recorded
     with pytest.raises(ServiceUnavailableError):
         service.complete("acme", upload.upload_id)
@@ -125,10 +112,10 @@ def test_a_crash_during_a_new_paths_completion_is_retried(service, objects):
 
 
 def test_a_crash_after_the_copy_finishes_without_redoing_it(service, objects):
-    assert service.complete("acme", begin(service, "crash/after-copy.bin", b"v1").upload_id).status_code == 200
+    assert service.complete("acme", begin(service, "acme", "crash/after-copy.bin", b"v1").upload_id).status_code == 200
     data = random_bytes(PART + 1)
-    upload = begin(service, "crash/after-copy.bin", data)
-    assert not upload.direct  # a new version is staged
+    upload = begin(service, "acme", "crash/after-copy.bin", data)
+    assert upload.s3_key != upload.object_key  # a new version is staged
     objects.calls.clear()
     objects.faults["remove"] = "down"
     with pytest.raises(ServiceUnavailableError):
@@ -145,7 +132,7 @@ def test_a_crash_after_the_copy_finishes_without_redoing_it(service, objects):
 
 def test_a_multipart_upload_gone_from_s3_fails_cleanly(service, objects):
     data = random_bytes(PART + 1)
-    upload = begin(service, "gone/away.bin", data)
+    upload = begin(service, "acme", "gone/away.bin", data)
     objects.abort_multipart_upload(upload.s3_key, upload.s3_upload_id)
     answer = service.complete("acme", upload.upload_id)
     assert answer.status_code == 409 and answer.body["error"] == "upload_lost"
@@ -156,7 +143,7 @@ def test_a_multipart_upload_gone_from_s3_fails_cleanly(service, objects):
 
 def test_a_part_record_that_s3_does_not_match_is_asked_for_again(service, objects):
     data = random_bytes(PART + 1)
-    upload = begin(service, "stale/part.bin", data)
+    upload = begin(service, "acme", "stale/part.bin", data)
     wrong = random_bytes(PART)
     service.store.record_part(upload.upload_id, UploadPart(1, PART, hashlib.md5(wrong).hexdigest(), hashlib.md5(wrong).hexdigest()))
     with pytest.raises(MissingPartsError) as missing:
@@ -170,7 +157,7 @@ def test_a_part_record_that_s3_does_not_match_is_asked_for_again(service, object
 
 def test_concurrent_completions_do_the_work_once(service, objects):
     data = random_bytes(2 * PART + 1)
-    upload = begin(service, "race/complete.bin", data)
+    upload = begin(service, "acme", "race/complete.bin", data)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: service.complete("acme", upload.upload_id, wait_s=60), range(4)))
     assert {a.status_code for a in answers} == {200}
@@ -182,7 +169,7 @@ def test_concurrent_completions_do_the_work_once(service, objects):
 def test_after_the_maximum_attempts_the_upload_fails_and_s3_is_clean(objects):
     service = UploadService(objects.settings.model_copy(update={"upload_max_attempts": 1}), objects=objects)
     data = random_bytes(PART + 1)
-    upload = begin(service, "give/up.bin", data)
+    upload = begin(service, "acme", "give/up.bin", data)
     objects.faults["complete_multipart_upload"] = "down"
     with pytest.raises(ServiceUnavailableError):
         service.complete("acme", upload.upload_id)
@@ -196,7 +183,7 @@ def test_after_the_maximum_attempts_the_upload_fails_and_s3_is_clean(objects):
 
 def test_an_etag_that_is_not_the_md5_is_not_recorded(service, objects):
     data = random_bytes(100)
-    upload = begin(service, "etag/odd.bin", data, send=False)
+    upload = begin(service, "acme", "etag/odd.bin", data, send=False)
     objects.faults["upload_part"] = "wrong_etag"
     with pytest.raises(PartIntegrityError):
         service.store_part(upload, 1, data, hashlib.md5(data).hexdigest())

@@ -1,5 +1,6 @@
 """Helpers shared by the upload tests: an HTTP client of ``/v1/uploads`` for one tenant, the app's settings, and the
-``service`` fixture of the service-level tests."""
+``service`` and ``catalog`` fixtures, :func:`begin` and :func:`assert_object_is_the_head` of the service-level
+tests."""
 
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ class Uploads:
             h.setdefault("X-Checksum-SHA256", sha256_hex(data))
         return self.http.put(f"{self.base}/{upload_id}/parts/{n}", content=data, headers=h)
 
+    def part_urls(self, upload_id: str, digests: dict[int, str]) -> httpx.Response:
+        body = {"parts": [{"part_number": n, "md5": md5} for n, md5 in digests.items()]}
+        return self.http.post(f"{self.base}/{upload_id}/part-urls", json=body, headers=self.headers())
+
     def status(self, upload_id: str) -> httpx.Response:
         return self.http.get(f"{self.base}/{upload_id}", headers=self.headers())
 
@@ -94,6 +99,24 @@ class Uploads:
 
 
 @pytest.fixture
+def catalog(objects):
+    """A ``Catalog`` on the settings of the test module's ``objects`` fixture."""
+    from core.catalog import Catalog
+
+    catalog = Catalog(objects.settings)
+    yield catalog
+    catalog.close()
+
+
+def assert_object_is_the_head(objects, catalog, tenant: str, path: str, data: bytes) -> None:
+    """The object at ``<tenant>/<path>`` holds ``data``, and the catalog's head version names exactly those bytes."""
+    assert objects.get_bytes(f"{tenant}/{path}") == data
+    head = catalog.latest_versions(tenant)[path]
+    assert head.sha256 == objects.sha256(f"{tenant}/{path}")[0] == sha256_hex(data) and head.size == len(data)
+    assert head.etag == objects.stat(f"{tenant}/{path}").etag
+
+
+@pytest.fixture
 def service(objects):
     """An ``UploadService`` on the test module's own ``objects`` fixture (an ``ObjectStore`` with its faults)."""
     from core.uploads import UploadService
@@ -101,3 +124,30 @@ def service(objects):
     svc = UploadService(objects.settings, objects=objects)
     yield svc
     svc.close()
+
+
+def begin(service, tenant: str, path: str, data: bytes, *, sha256: str | None = "auto", send: bool = True,
+          transfer: str = "proxy"):
+    """Create an upload as ``POST /v1/uploads`` does and send every part (``send``): through the service for a
+    proxied upload, to the presigned URLs (with their headers) for a direct one. Returns the stored upload."""
+    upload = service.prepare(tenant, path, len(data), sha256=sha256_hex(data) if sha256 == "auto" else sha256,
+                             transfer=transfer)
+    upload = service.record(upload, service.start_multipart(upload))
+    if send:
+        for n in range(1, upload.part_count + 1):
+            send_part(service, upload, n, data[(n - 1) * upload.part_size : n * upload.part_size])
+    return upload
+
+
+def send_part(service, upload, n: int, chunk: bytes, *, declared: bytes | None = None) -> httpx.Response | None:
+    """Send part ``n``: through the service (proxied), or to its presigned URL signed for the MD5 of ``declared``
+    (default: ``chunk``; the URL's ``Content-MD5`` header is sent only when it is the chunk's own)."""
+    md5 = hashlib.md5(chunk if declared is None else declared).hexdigest()
+    if not upload.direct:
+        service.store_part(upload, n, chunk, md5)
+        return None
+    (signed,) = service.sign_parts(upload, {n: md5})
+    headers = signed["headers"] if declared is None else {}
+    response = httpx.put(signed["url"], content=chunk, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    return response
