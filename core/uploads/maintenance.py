@@ -62,7 +62,7 @@ class UploadMaintenance:
                     "WHERE upload_id = %s",
                     (f"expired: {detail}", Jsonb(answer), up.upload_id),
                 )
-                conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (up.upload_id,))
+                self.store.drop_parts(conn, up.upload_id)
             expired += 1
             logger.info("upload %s expired", up.upload_id)
         return {"expired": expired, "expire_errors": errors}

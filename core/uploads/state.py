@@ -174,12 +174,7 @@ class UploadStore:
 
         def record(conn: psycopg.Connection) -> None:
             self._check_pending(conn, upload_id, f"part {part.part_number} was not recorded")
-            conn.execute(
-                "INSERT INTO upload_parts (upload_id, part_number, size, md5, etag) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (upload_id, part_number) DO UPDATE SET size = EXCLUDED.size, md5 = EXCLUDED.md5, "
-                "etag = EXCLUDED.etag, created_at = now()",
-                (upload_id, part.part_number, part.size, part.md5, part.etag),
-            )
+            self._upsert_parts(conn, upload_id, [part])
 
         self._run(record)
 
@@ -220,15 +215,26 @@ class UploadStore:
         def record(conn: psycopg.Connection) -> None:
             self._check_pending(conn, upload_id, "its parts were not recorded")
             conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO upload_parts (upload_id, part_number, size, md5, etag) VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT (upload_id, part_number) DO UPDATE SET size = EXCLUDED.size, md5 = EXCLUDED.md5, "
-                    "etag = EXCLUDED.etag, created_at = now()",
-                    [(upload_id, p.part_number, p.size, p.md5, p.etag) for p in parts],
-                )
+            self._upsert_parts(conn, upload_id, parts)
 
         self._run(record)
+
+    @staticmethod
+    def _upsert_parts(conn: psycopg.Connection, upload_id: str, parts: list[UploadPart]) -> None:
+        """Insert part records, replacing those of the same numbers."""
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO upload_parts (upload_id, part_number, size, md5, etag) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (upload_id, part_number) DO UPDATE SET size = EXCLUDED.size, md5 = EXCLUDED.md5, "
+                "etag = EXCLUDED.etag, created_at = now()",
+                [(upload_id, p.part_number, p.size, p.md5, p.etag) for p in parts],
+            )
+
+    @staticmethod
+    def drop_parts(conn: psycopg.Connection, upload_id: str) -> None:
+        """Delete an upload's part records and declared part digests (it reached a final status)."""
+        conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
+        conn.execute("DELETE FROM upload_part_digests WHERE upload_id = %s", (upload_id,))
 
     @staticmethod
     def _check_pending(conn: psycopg.Connection, upload_id: str, consequence: str) -> None:
@@ -334,8 +340,7 @@ class UploadStore:
             "WHERE upload_id = %s",
             (Jsonb(answer), upload_id),
         )
-        conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
-        conn.execute("DELETE FROM upload_part_digests WHERE upload_id = %s", (upload_id,))
+        UploadStore.drop_parts(conn, upload_id)
         if event is not None:
             notify_new_version(conn, event)
 
@@ -349,8 +354,7 @@ class UploadStore:
                 "UPDATE uploads SET status = %s, last_error = %s, result = %s, updated_at = now() WHERE upload_id = %s",
                 (status, reason[:2000], Jsonb(answer) if answer is not None else None, upload_id),
             )
-            conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
-            conn.execute("DELETE FROM upload_part_digests WHERE upload_id = %s", (upload_id,))
+            self.drop_parts(conn, upload_id)
 
         self._run(end)
 
@@ -381,8 +385,7 @@ class UploadStore:
                 "updated_at = now() WHERE upload_id = %s",
                 (Jsonb(answer), upload_id),
             )
-            conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
-            conn.execute("DELETE FROM upload_part_digests WHERE upload_id = %s", (upload_id,))
+            self.drop_parts(conn, upload_id)
             return upload
 
         return self._run(abort)
