@@ -99,6 +99,10 @@ def _fingerprint(path: Path) -> dict[str, Any]:
     return {"local": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+#: How many batches of ``parallel`` parts a direct upload signs ahead of the parts being sent.
+SIGN_AHEAD = 4
+
+
 class Uploader:
     """Uploads files with one :class:`SluiceClient`.
 
@@ -202,14 +206,21 @@ class Uploader:
             os.close(fd)
 
     def _send_direct(self, upload_id: str, numbers: list[int], read: Callable[[int], bytes]) -> None:
-        """Send parts straight to S3: this thread reads ``parallel`` parts at a time, hashes them and has them signed
-        in one request, while ``parallel`` threads send the parts signed before; at most two such batches are in
-        memory. A URL that expired before its part was sent (403) is signed again, once."""
-        in_memory = threading.BoundedSemaphore(2 * self.parallel)
+        """Send parts straight to S3.
+
+        This thread runs ahead of the senders: it reads ``parallel`` parts at a time, hashes them (MD5) and has them
+        signed in one request, keeping no bytes. ``parallel`` part threads each take a signed part, read its bytes
+        again (from the page cache: it was just read) and send them. Signing stays at most ``SIGN_AHEAD`` batches
+        ahead, so at most ``parallel`` parts are in memory and no sender waits for hashing or signing. A URL that
+        expired before its part was sent (403) is signed again, once.
+        """
+        ahead = threading.BoundedSemaphore(SIGN_AHEAD * self.parallel)
         failed: list[BaseException] = []
 
-        def send(signed: dict[str, Any], data: bytes, md5: str) -> None:
+        def send(signed: dict[str, Any], md5: str) -> None:
             try:
+                n = signed["part_number"]
+                data = read(n)
                 for attempt in range(2):
                     try:
                         self.client.put_presigned(signed, data)
@@ -217,34 +228,30 @@ class Uploader:
                     except ApiAnswerError as exc:
                         if exc.status_code != 403 or attempt:
                             raise
-                        (signed,) = self.client.part_urls(upload_id, {signed["part_number"]: md5})
+                        (signed,) = self.client.part_urls(upload_id, {n: md5})
                 self.on_progress(len(data))
             except BaseException as exc:
                 failed.append(exc)
                 raise
             finally:
-                in_memory.release()
+                ahead.release()
 
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(numbers)), thread_name_prefix="part") as pool:
             futures = []
             for start in range(0, len(numbers), self.parallel):
                 if failed:
                     break
-                batch: dict[int, tuple[bytes, str]] = {}
-                for n in numbers[start : start + self.parallel]:
-                    in_memory.acquire()
-                    data = read(n)
-                    batch[n] = (data, hashlib.md5(data).hexdigest())
+                chunk = numbers[start : start + self.parallel]
+                for _ in chunk:
+                    ahead.acquire()
                 try:
-                    signed_parts = self.client.part_urls(upload_id, {n: md5 for n, (_, md5) in batch.items()})
+                    digests = {n: hashlib.md5(read(n)).hexdigest() for n in chunk}
+                    signed_parts = self.client.part_urls(upload_id, digests)
                 except BaseException:
-                    for _ in batch:
-                        in_memory.release()
+                    for _ in chunk:
+                        ahead.release()
                     raise
-                for signed in signed_parts:
-                    data, md5 = batch[signed["part_number"]]
-                    futures.append(pool.submit(send, signed, data, md5))
-                del batch
+                futures.extend(pool.submit(send, signed, digests[signed["part_number"]]) for signed in signed_parts)
             for future in futures:
                 future.result()
 
