@@ -14,7 +14,8 @@ and Serve running for both, each to a new path); their ratio is given per round 
 noise moves both). Each upload goes to its own path; each proxied upload ends with the server's read-back SHA-256 check and the copy to
 the document's key, both counted; a direct one has neither. Every CLI run includes its interpreter's start and its
 hashing of the file. Prints one JSON line: MB/s of each, their ratios to the plain put, the part bytes that passed
-through the replica, and the peak RSS of the Serve replica (and of the Serve proxy) sampled every 0.25 s.
+through the replica, the CPU seconds (user + system) of each ``sluice upload`` process, and the peak RSS of the Serve
+replica (and of the Serve proxy) sampled every 0.25 s.
 
     python benchmarks/upload_throughput.py [--size-mib 512] [--part-mib 16] [--parallel 4] [--rounds 3]
 """
@@ -26,6 +27,7 @@ import base64
 import hashlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     def sluice_upload(transfer: str, prefix: str) -> float:
                         before = handle.part_bytes_received.remote().result()
+                        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
                         started = time.perf_counter()
                         cli = subprocess.run(
                             [sys.executable, "-m", "serve.client.cli", "--url", base_url, "--tenant", TENANT, "upload",
@@ -158,12 +161,16 @@ def main(argv: list[str] | None = None) -> int:
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                         )
                         seconds = time.perf_counter() - started
+                        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        cli_cpu_s.setdefault(transfer, []).append(round(cpu.ru_utime - cpu_before.ru_utime
+                                                                        + cpu.ru_stime - cpu_before.ru_stime, 2))
                         if cli.returncode != 0:
                             raise RuntimeError(f"sluice upload failed ({cli.returncode}): {cli.stderr[-2000:]}")
                         through_replica[transfer] = handle.part_bytes_received.remote().result() - before
                         return seconds
 
                     through_replica: dict[str, int] = {}
+                    cli_cpu_s: dict[str, list[float]] = {}
                     put_s, direct_upload_s = [], []
                     for n in range(args.rounds):
                         started = time.perf_counter()
@@ -202,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     "raw_api_proxy": round(raw_s, 2), "raw_api_proxy_complete": round(raw["complete_s"], 2),
                     "sluice_upload_proxy": round(proxy_upload_s, 2)},
         "part_bytes_through_replica": through_replica,
+        "sluice_upload_cpu_s": cli_cpu_s,
         "replica_peak_rss_mib": round(rss.peak.get("replica", 0) / MiB, 1),
         "replica_rss_before_mib": round(replica_before.rss / MiB, 1),
         "replica_peak_uss_mib": round(rss.peak_uss.get("replica", 0) / MiB, 1),

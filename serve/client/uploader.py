@@ -10,6 +10,7 @@ S3 holds as declared) and sends only the others.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -28,6 +29,9 @@ from serve.client.state import StateFile
 logger = logging.getLogger(__name__)
 
 HASH_BLOCK_BYTES = 8 * 1024**2
+#: The part size the server gives when none is asked for (``SLUICE_UPLOAD_PART_SIZE``'s default): the size a direct
+#: upload's MD5s are computed for before the upload exists, when no part size is asked for.
+DEFAULT_PART_SIZE = 16 * 1024**2
 #: How long to keep asking while another completion of the same upload runs, seconds.
 COMPLETE_PATIENCE_S = 3600.0
 
@@ -94,6 +98,25 @@ def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
     return h.hexdigest()
 
 
+def file_digests(path: Path, part_size: int) -> tuple[str, list[str]]:
+    """The hex SHA-256 of a file and the hex MD5 of each of its ``part_size`` parts, in one read.
+
+    This thread hashes the whole file while two others hash the parts (hashlib lets go of the GIL), so the pass
+    takes about the hashing's CPU time shared over the cores; done before a direct upload starts, it leaves the
+    cores to the transfer afterwards. At most three parts are in memory.
+    """
+    whole, md5s, pending = hashlib.sha256(), [], collections.deque()
+    with open(path, "rb") as f, ThreadPoolExecutor(max_workers=2, thread_name_prefix="md5") as md5er:
+        while part := f.read(part_size):
+            if len(pending) == 2:
+                md5s.append(pending.popleft().result())
+            pending.append(md5er.submit(lambda data: hashlib.md5(data).hexdigest(), part))
+            whole.update(part)
+            del part
+        md5s.extend(future.result() for future in pending)
+    return whole.hexdigest(), md5s
+
+
 def _fingerprint(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"local": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -152,7 +175,7 @@ class Uploader:
             self.client.abort(entry["upload_id"])  # the file changed: that upload can never complete correctly
             self.state.remove(key)
             entry = None
-        resumed = False
+        resumed, md5s = False, []  # md5s: the parts' MD5s, when hashed before the upload was made
         if status is not None and status["status"] in ("pending", "completing", "completed"):
             resumed = True
             upload_id, sha256, part_size = entry["upload_id"], entry["sha256"], status["part_size"]
@@ -161,7 +184,10 @@ class Uploader:
         else:
             if entry:
                 self.state.remove(key)
-            sha256 = entry["sha256"] if entry else file_sha256(local)
+            if self.transfer == "direct":
+                sha256, md5s = file_digests(local, self.part_size or DEFAULT_PART_SIZE)
+            else:
+                sha256 = file_sha256(local)
             created = self.client.create_upload(
                 remote, fingerprint["size"], sha256=sha256, content_type=mimetypes.guess_type(remote)[0] or "",
                 part_size=self.part_size, metadata=self.metadata, transfer=self.transfer,
@@ -173,14 +199,17 @@ class Uploader:
             upload_id, part_size = created["upload_id"], created["part_size"]
             missing, transfer = list(range(1, created["part_count"] + 1)), created.get("transfer", "proxy")
             self.state.put(key, {**fingerprint, "upload_id": upload_id, "sha256": sha256, "remote": remote})
-        self._send_parts(local, upload_id, missing, part_size, fingerprint["size"], direct=transfer == "direct")
+            if part_size != (self.part_size or DEFAULT_PART_SIZE) or len(md5s) != len(missing):
+                md5s = []  # another part size than hashed for: the parts are hashed as they are sent
+        self._send_parts(local, upload_id, missing, part_size, fingerprint["size"], direct=transfer == "direct",
+                         md5s=md5s)
         answer = self._complete(upload_id, fingerprint["size"])
         self.state.remove(key)
         return FileResult(str(local), remote, ok=True, size=fingerprint["size"], document_id=answer["document_id"],
                           version=answer["version"], deduplicated=bool(answer.get("deduplicated")), resumed=resumed)
 
     def _send_parts(self, local: Path, upload_id: str, numbers: list[int], part_size: int, size: int, *,
-                    direct: bool) -> None:
+                    direct: bool, md5s: list[str] | None = None) -> None:
         if not numbers:
             return
         fd = os.open(local, os.O_RDONLY)
@@ -191,7 +220,7 @@ class Uploader:
 
         try:
             if direct:
-                self._send_direct(upload_id, numbers, read)
+                self._send_direct(upload_id, numbers, read, md5s or [])
                 return
 
             def send(n: int) -> None:
@@ -205,11 +234,12 @@ class Uploader:
         finally:
             os.close(fd)
 
-    def _send_direct(self, upload_id: str, numbers: list[int], read: Callable[[int], bytes]) -> None:
+    def _send_direct(self, upload_id: str, numbers: list[int], read: Callable[[int], bytes], md5s: list[str]) -> None:
         """Send parts straight to S3.
 
-        This thread runs ahead of the senders: it reads ``parallel`` parts at a time, hashes them (MD5) and has them
-        signed in one request, keeping no bytes. ``parallel`` part threads each take a signed part, read its bytes
+        This thread runs ahead of the senders: it takes ``parallel`` parts at a time, hashes them (MD5; ``md5s``, by
+        part number from 1, when :func:`file_digests` already did) and has them signed in one request, keeping no
+        bytes. ``parallel`` part threads each take a signed part, read its bytes
         again (from the page cache: it was just read) and send them. Signing stays at most ``SIGN_AHEAD`` batches
         ahead, so at most ``parallel`` parts are in memory and no sender waits for hashing or signing. A URL that
         expired before its part was sent (403) is signed again, once.
@@ -245,7 +275,7 @@ class Uploader:
                 for _ in chunk:
                     ahead.acquire()
                 try:
-                    digests = {n: hashlib.md5(read(n)).hexdigest() for n in chunk}
+                    digests = {n: md5s[n - 1] if md5s else hashlib.md5(read(n)).hexdigest() for n in chunk}
                     signed_parts = self.client.part_urls(upload_id, digests)
                 except BaseException:
                     for _ in chunk:

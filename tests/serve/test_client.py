@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import unicodedata
@@ -13,7 +14,7 @@ import pytest
 from serve.client.api import SluiceClient
 from serve.client.cli import main
 from serve.client.state import StateFile
-from serve.client.uploader import Uploader, plan
+from serve.client.uploader import Uploader, file_digests, file_sha256, plan
 from tests.serve.upload_helpers import PART, MiB, Uploads, settings_overrides
 
 pytestmark = pytest.mark.integration
@@ -184,6 +185,15 @@ def test_plan_names_files_like_cp(tmp_path):
     with pytest.raises(FileNotFoundError):
         plan([tmp_path / "missing"])
     assert MiB == 1024**2
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 4096 * 3, 4096 * 3 + 5])
+def test_one_read_gives_the_file_sha256_and_each_part_md5(tmp_path, size):
+    data = os.urandom(size)
+    (tmp_path / "f.bin").write_bytes(data)
+    sha256, md5s = file_digests(tmp_path / "f.bin", 4096)
+    assert sha256 == hashlib.sha256(data).hexdigest() == file_sha256(tmp_path / "f.bin")
+    assert md5s == [hashlib.md5(data[i : i + 4096]).hexdigest() for i in range(0, size, 4096)]
 
 
 def test_an_unreachable_s3_fails_the_file_with_a_hint_and_not_the_run(base_url, tenant, tmp_path, unused_port):
