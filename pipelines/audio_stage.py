@@ -1,7 +1,10 @@
 """The audio stage: pending recording rows become transcript segments with times, on their own actor pool.
 
-Sits between the image stage and the text embed stage. For each row of kind ``"recording"`` (16 kHz mono
-``float32`` samples in ``audio_pcm``, written by the prepare stage) it finds the speech and transcribes it
+Sits between the image stage and the text embed stage. For each row of kind ``"recording"`` (written by the
+prepare stage, with no samples) it reads the file from S3 (:func:`pipelines.source.read_version`: size and SHA-256
+checked as it streams), decodes it to 16 kHz mono ``float32`` (:class:`pipelines.extract.audio.AudioExtractor`, in
+bounded blocks; the hostile cases fail here with ``audio_empty``/``audio_corrupt``/``audio_too_long``/
+``audio_too_large``, or ``timeout`` past ``document_timeout_s``), finds the speech and transcribes it
 (:class:`pipelines.asr.Transcriber`: Silero VAD windows of at most 30 s, a Whisper-family model from
 ``settings.asr_model``), and emits one row per segment (kind ``"segment"``, ``modality == "audio"``, ``start_s`` and
 ``end_s`` in seconds from the start of the file, BM25 terms of its text, links to the segments before and after).
@@ -18,6 +21,11 @@ and can be listed and filtered like any other.
 A recording whose worker died on it ``max_document_attempts`` times (:class:`pipelines.attempts.AttemptGuard`)
 fails as ``worker_crash`` instead of being transcribed again.
 
+Why the file is read again here rather than its samples carried from prepare: the samples of the longest recording
+allowed are 460 MB (two hours at 16 kHz), which would be copied into Ray's object store and held there between the
+stages, with every batch that carries one; the compressed file costs one more S3 read, which is nothing beside the
+transcription. A recording's memory is then this actor's alone: the file's bytes while it decodes, and its samples.
+
 The model loads on the first recording (``warm_up``), so a run without audio pays nothing for it.
 """
 
@@ -25,19 +33,22 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import numpy as np
 
 from core import metrics
 from core.errors import IngestError
-from core.metadata import decode, encode
+from core.metadata import clean_properties, decode, encode
+from core.objects import ObjectStore
 from core.settings import Settings
 from pipelines import columns as C
 from pipelines.attempts import AttemptGuard
 from pipelines.extract.language import language_of
 from pipelines.image_stage import _item
 from pipelines.prepare import RowWriter
+from pipelines.source import read_version
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +57,8 @@ class AudioStage:
     """A Ray Data callable class: chunk rows in, chunk rows out, pending recordings replaced by their segments.
 
     Args:
-        settings: ``asr_model``, ``bm25_*``.
+        settings: S3 settings, ``asr_model``, ``bm25_*``, ``max_file_bytes``, the audio limits
+            (``max_audio_seconds``, ``max_audio_decoded_bytes``) and ``document_timeout_s``.
         device: ``None`` picks CUDA when the actor was given a GPU.
         num_threads: torch CPU threads of this actor (``None``: torch's default).
         transcriber: an injection seam (an object with ``transcribe(samples) -> [TranscriptSegment]``); a
@@ -55,9 +67,13 @@ class AudioStage:
 
     def __init__(self, settings: Settings, device: str | None = None, num_threads: int | None = None, *,
                  transcriber: Any | None = None) -> None:
+        from pipelines.extract.audio import AudioExtractor
         from pipelines.sparse import Bm25Encoder
 
         self.settings = settings
+        self.objects = ObjectStore(settings)
+        self.audio = AudioExtractor(max_seconds=settings.max_audio_seconds,
+                                    max_decoded_bytes=settings.max_audio_decoded_bytes)
         self.device = device
         self.num_threads = num_threads
         self.transcriber = transcriber
@@ -98,7 +114,7 @@ class AudioStage:
                     self._extra(extra, batch, i)
                     continue
                 try:
-                    segments = self._segments(batch, i)
+                    segments = self._segments(row)
                 except IngestError as exc:
                     writer.error(row, exc.stage, exc.reason, exc.detail)
                     segments = []
@@ -135,16 +151,26 @@ class AudioStage:
             value = batch[name][i]
             values.append(np.zeros_like(value) if isinstance(value, np.ndarray) and not passed_through else value)
 
-    def _segments(self, batch: dict[str, np.ndarray], i: int) -> list[dict[str, Any]]:
+    def _segments(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """Read, decode and transcribe one recording; its segment rows. ``row[PROPERTIES]`` gains what the file says
+        of itself (duration, rate and channels before resampling)."""
         from pipelines.asr import segments_to_chunks
         from pipelines.link import ChunkRef, build_links
 
-        samples = np.frombuffer(bytes(batch[C.AUDIO_PCM][i]), dtype="<f4").astype(np.float32)
-        duration = float(batch[C.END_S][i])
+        deadline = time.monotonic() + self.settings.document_timeout_s
+        data = read_version(self.objects, self.settings, row)
+        audio = self.audio.extract(data, str(row[C.PATH]), deadline=deadline)
+        del data
+        duration = float(audio.duration_s)
+        row[C.PROPERTIES] = encode(clean_properties({**decode(str(row[C.PROPERTIES])), "duration_s": duration,
+                                                     "sample_rate": audio.source_rate,
+                                                     "channels": audio.source_channels}))
+        samples, audio = audio.samples, None
         chunks = segments_to_chunks(self.transcriber.transcribe(samples))
-        document_id, version = str(batch[C.DOCUMENT_ID][i]), int(batch[C.VERSION][i])
+        del samples
+        document_id, version = str(row[C.DOCUMENT_ID]), int(row[C.VERSION])
         if not chunks:
-            logger.info("no speech in %s", batch[C.PATH][i])
+            logger.info("no speech in %s", row[C.PATH])
             return [{C.CHUNK_INDEX: 0, C.CHUNK_COUNT: 1, C.MODALITY: "audio", C.KIND: C.KIND_SEGMENT, C.TEXT: "",
                      C.START_S: 0.0, C.END_S: duration}]
         links = build_links(document_id, version, [ChunkRef.of(c) for c in chunks])

@@ -12,8 +12,8 @@ Rows by ``KIND`` (the multimodal columns, ``MEDIA_COLUMNS``, are on every chunk 
                 ``"image"`` row and its ``"tile"`` rows; ``CHUNK_INDEX`` is its whole-picture chunk
 ``"image"``     a whole-picture chunk (``modality == "image"``), OCR text in ``TEXT``
 ``"tile"``      a tile of a picture (``BOX`` inside it, ``PARENT_INDEX`` its whole-picture chunk)
-``"recording"`` a *pending* audio file (``AUDIO_PCM`` holds its samples): the audio stage turns it into
-                ``"segment"`` rows
+``"recording"`` a *pending* audio file (no samples: the audio stage reads the file from S3 again, decodes it
+                and turns it into ``"segment"`` rows)
 ``"segment"``   a transcript segment (``modality == "audio"``, ``START_S``/``END_S`` in seconds)
 ==============  =========================================================================================
 """
@@ -56,7 +56,6 @@ BOX = "box"  # int32, shape (rows, 4): (left, top, right, bottom) in pixels of t
 PARENT_INDEX = "parent_index"  # int64: a tile's whole-picture chunk_index; -1 when none
 IMAGE_SOURCE = "image_source"  # "file", "pdf_embedded", "pdf_page"; "" for a non-image row
 IMAGE_BYTES = "image_bytes"  # binary: the PNG of a pending picture row; b"" otherwise
-AUDIO_PCM = "audio_pcm"  # binary: float32 little-endian 16 kHz mono samples of a pending recording row; b"" else
 #: float32, shape (rows, image_dim): the CLIP vector of image rows (written by the image stage only when an image
 #: model is configured; absent otherwise); a zero row on other rows.
 IMAGE_EMBEDDING = "image_embedding"
@@ -67,7 +66,7 @@ END_S = "end_s"
 
 KIND_PICTURE, KIND_IMAGE, KIND_TILE, KIND_RECORDING, KIND_SEGMENT = "picture", "image", "tile", "recording", "segment"
 
-MEDIA_COLUMNS = (KIND, BOX, PARENT_INDEX, IMAGE_SOURCE, IMAGE_BYTES, AUDIO_PCM, LINKS, START_S, END_S)
+MEDIA_COLUMNS = (KIND, BOX, PARENT_INDEX, IMAGE_SOURCE, IMAGE_BYTES, LINKS, START_S, END_S)
 
 CHUNK_COLUMNS = (CHUNK_INDEX, CHUNK_COUNT, TEXT, PAGE, HEADING, MODALITY, SPARSE_INDICES, SPARSE_VALUES,
                  ERROR_STAGE, ERROR_REASON, ERROR_DETAIL) + MEDIA_COLUMNS

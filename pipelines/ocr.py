@@ -115,7 +115,8 @@ class RapidOcrEngine:
             ExtractionError: ``ocr_failed`` when onnxruntime fails on the picture.
         """
         try:
-            result, _elapsed = self._engine(image.convert("RGB"))
+            # convert() copies even an RGB picture: 192 MB more for the largest one allowed
+            result, _elapsed = self._engine(image if image.mode == "RGB" else image.convert("RGB"))
         except Exception as exc:  # noqa: BLE001 - onnxruntime and OpenCV raise their own types
             raise ExtractionError("ocr_failed", f"RapidOCR failed: {type(exc).__name__}: {exc}") from exc
         lines: list[OcrLine] = []

@@ -11,11 +11,9 @@ media columns included). Per document, by what its bytes are (``pipelines.extrac
   (:mod:`pipelines.image_stage`) turns into its image and tile chunks. ``chunk_count`` = text chunks + every planned
   image chunk. The cross-modal links (:mod:`pipelines.link`) of every chunk are built here, where all of a version's
   chunks are known: on text rows as a JSON list, on picture rows as a JSON object by chunk index.
-* **audio** (``AUDIO_TYPES``): decoded to 16 kHz mono (:class:`pipelines.extract.audio.AudioExtractor`; the hostile
-  cases fail here with ``audio_empty``/``audio_corrupt``/``audio_too_long``/``audio_too_large``) into one
-  *pending* row (kind ``"recording"``, the samples in ``audio_pcm``); the audio stage (:mod:`pipelines.audio_stage`)
-  finds the speech, transcribes it and emits the segments. Without ``SLUICE_ASR_MODEL`` an audio file fails as
-  ``unsupported_type``.
+* **audio** (``AUDIO_TYPES``): one *pending* row (kind ``"recording"``) that carries no samples; the audio stage
+  (:mod:`pipelines.audio_stage`) reads the file from S3 again, decodes it (where the hostile cases fail) and
+  transcribes it. Without ``SLUICE_ASR_MODEL`` an audio file fails here as ``unsupported_type``.
 
 Each document's properties (what its file says of itself: ``Extracted.properties``; for audio its duration, rate
 and channels) go on its rows as JSON (``pipelines.columns.PROPERTIES``), next to the version's user metadata
@@ -28,14 +26,16 @@ counted in the catalog first (:class:`pipelines.attempts.AttemptGuard`): one who
 ``max_document_attempts`` times becomes an error row ``worker_crash`` instead of being started again.
 
 Limits on one document's work (README, "What you can rely on"), each its own reason code: the extractors check
-``max_audio_decoded_bytes`` (``audio_too_large``), ``max_pdf_pages`` (``too_many_pages``), ``max_render_pixels``
+``max_pdf_pages`` (``too_many_pages``), ``max_render_pixels``
 (a large page renders smaller; ``page_too_large`` only for absurd proportions) and ``max_ocr_pages``
-(``too_many_ocr_pages``) from what the file declares before decoding, and again as they decode. Each document also
-has ``document_timeout_s`` from the moment its work starts: past it, it fails alone as ``timeout`` and the batch
+(``too_many_ocr_pages``) from what the file declares before decoding, and again as they decode (the audio limits
+are the audio stage's, where audio is decoded). Each document also has ``document_timeout_s`` from the moment its
+work starts: past it, it fails alone as ``timeout`` and the batch
 goes on with the next document.
 
 Why the time limit is cooperative (a deadline passed into the extractors, checked before each PDF page is read and
-before each is rendered, before each audio block or packet is decoded, and between extraction and chunking) rather
+before each is rendered, and between extraction and chunking; the audio stage checks it before each audio block
+or packet is decoded) rather
 than a thread or process with a hard timeout: Python cannot kill a thread, so an abandoned extraction would keep
 running beside the next document's, and PDFium is not thread-safe (pypdfium2 takes no lock), so two documents in
 PDFium at once could crash the worker, which is worse than the stall; a process per document would cost a fork and
@@ -61,11 +61,12 @@ import numpy as np
 
 from core import metrics
 from core.errors import ExtractionError, IngestError
-from core.metadata import clean_properties, encode
-from core.objects import ObjectChangedError, ObjectStore
+from core.metadata import encode
+from core.objects import ObjectStore
 from core.settings import Settings
 from pipelines import columns as C
 from pipelines.attempts import AttemptGuard
+from pipelines.source import read_version
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class RowWriter:
     DEFAULTS: dict[str, Any] = {
         C.CHUNK_INDEX: -1, C.CHUNK_COUNT: 0, C.TEXT: "", C.PAGE: 0, C.HEADING: "", C.MODALITY: "text",
         C.ERROR_STAGE: "", C.ERROR_REASON: "", C.ERROR_DETAIL: "", C.KIND: "", C.PARENT_INDEX: -1,
-        C.IMAGE_SOURCE: "", C.IMAGE_BYTES: b"", C.AUDIO_PCM: b"", C.LINKS: "[]", C.START_S: -1.0, C.END_S: -1.0,
+        C.IMAGE_SOURCE: "", C.IMAGE_BYTES: b"", C.LINKS: "[]", C.START_S: -1.0, C.END_S: -1.0,
     }
 
     def __init__(self) -> None:
@@ -128,8 +129,8 @@ class PrepareStage:
 
     Args:
         settings: S3 settings, ``text_model``, ``chunk_tokens``, ``chunk_overlap_tokens``, ``bm25_*``,
-            ``max_file_bytes``, ``image_*`` (pixel limit, tiling), ``asr_model``, ``max_audio_seconds``,
-            ``ocr_engine``, ``image_model``, the limits ``max_audio_decoded_bytes``, ``max_pdf_pages``,
+            ``max_file_bytes``, ``image_*`` (pixel limit, tiling), ``asr_model``,
+            ``ocr_engine``, ``image_model``, the limits ``max_pdf_pages``,
             ``max_render_pixels``, ``max_ocr_pages`` and ``document_timeout_s``, and ``read_ahead_bytes`` (how many
             bytes of the batch's objects are read ahead, :meth:`_read_ahead`) are used.
     """
@@ -139,7 +140,6 @@ class PrepareStage:
 
         from pipelines.chunk.text import TextChunker
         from pipelines.embed.models import resolve_model_path
-        from pipelines.extract.audio import AudioExtractor
         from pipelines.extract.image import ImageExtractor
         from pipelines.extract.pdf import PdfExtractor
         from pipelines.sparse import Bm25Encoder
@@ -153,26 +153,8 @@ class PrepareStage:
         self.images = ImageExtractor(max_pixels=settings.image_max_pixels)
         self.pdf = PdfExtractor(max_pixels=settings.image_max_pixels, max_pages=settings.max_pdf_pages,
                                 max_render_pixels=settings.max_render_pixels, max_ocr_pages=settings.max_ocr_pages)
-        self.audio = AudioExtractor(max_seconds=settings.max_audio_seconds,
-                                    max_decoded_bytes=settings.max_audio_decoded_bytes)
         self.layout = image_layout(settings)
         self.attempts = AttemptGuard(settings, "prepare")
-
-    def _read(self, row: dict[str, Any]) -> bytes:
-        """The version's bytes, checked against its recorded size and SHA-256 as they stream in.
-
-        Raises:
-            IngestError: ``too_large`` (over ``max_file_bytes``), ``object_missing``, or ``object_changed`` when the
-                object no longer holds the registered bytes (a later ``--scan`` registers the new content).
-        """
-        if row[C.SIZE] > self.settings.max_file_bytes:
-            raise IngestError("too_large", f"{row[C.SIZE]} bytes, more than SLUICE_MAX_FILE_BYTES={self.settings.max_file_bytes}")
-        try:
-            return self.objects.get_verified(row[C.OBJECT_KEY], row[C.SIZE], row[C.SHA256])
-        except KeyError as exc:
-            raise IngestError("object_missing", f"s3://{self.objects.bucket}/{row[C.OBJECT_KEY]} is gone") from exc
-        except ObjectChangedError as exc:
-            raise IngestError("object_changed", f"the object's bytes differ from the registered version's: {exc.detail}") from exc
 
     def _read_ahead(self, rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bytes | IngestError]]:
         """Each row with its bytes (or why they could not be read), in order, read ahead within a byte budget.
@@ -185,7 +167,7 @@ class PrepareStage:
 
         def read(row: dict[str, Any]) -> bytes | IngestError:
             try:
-                return self._read(row)
+                return read_version(self.objects, self.settings, row)
             except IngestError as exc:
                 return exc
 
@@ -257,21 +239,17 @@ class PrepareStage:
         sniffed = sniff_content_type(data, path, declared) if data else ""
         guessed = mimetypes.guess_type(posixpath.basename(path))[0] or ""
         if is_audio(sniffed) or (not data and guessed.startswith("audio/")):
-            self._recording(out, row, data, sniffed or guessed, deadline)
+            self._recording(out, row, sniffed or guessed)
         else:
             self._text_and_pictures(out, row, data, deadline)
 
-    def _recording(self, out: RowWriter, row: dict[str, Any], data: bytes, content_type: str,
-                   deadline: float | None = None) -> None:
+    def _recording(self, out: RowWriter, row: dict[str, Any], content_type: str) -> None:
+        """One pending recording row, with no samples: the audio stage reads the file from S3 again and decodes it
+        there, so its samples (up to 460 MB for the longest allowed) never pass through Ray's object store."""
         if not self.settings.asr_model:
             raise ExtractionError("unsupported_type", f"{row[C.PATH]} is {content_type}: audio needs SLUICE_ASR_MODEL")
-        audio = self.audio.extract(data, str(row[C.PATH]), deadline=deadline)
         row[C.CONTENT_TYPE] = content_type
-        row[C.PROPERTIES] = encode(clean_properties({"duration_s": audio.duration_s, "sample_rate": audio.source_rate,
-                                                     "channels": audio.source_channels}))
-        out.add(row, **{C.KIND: C.KIND_RECORDING, C.MODALITY: "audio", C.CHUNK_INDEX: 0,
-                        C.AUDIO_PCM: np.ascontiguousarray(audio.samples, dtype="<f4").tobytes(),
-                        C.END_S: float(audio.duration_s)})
+        out.add(row, **{C.KIND: C.KIND_RECORDING, C.MODALITY: "audio", C.CHUNK_INDEX: 0})
 
     def _text_and_pictures(self, out: RowWriter, row: dict[str, Any], data: bytes,
                            deadline: float | None = None) -> None:

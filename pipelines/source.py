@@ -8,6 +8,9 @@
   (the caller deletes them).
 * :func:`claim_rows` claims the pending versions in the catalog and turns them into rows with
   ``pipelines.columns.VERSION_COLUMNS``.
+* :func:`read_version` reads a version row's bytes from S3, checked against its registered size and SHA-256: the
+  prepare stage reads every document with it, and the audio stage reads a recording again with it (so a
+  recording's samples never travel through Ray's object store).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 
 from core.catalog import Catalog
-from core.errors import InvalidPathError
+from core.errors import IngestError, InvalidPathError
 from core.ids import normalise_path
 from core.metadata import encode, from_s3_user_metadata
-from core.objects import ObjectInfo, ObjectStore
+from core.objects import ObjectChangedError, ObjectInfo, ObjectStore
+from core.settings import Settings
 from core.types import Version
 from pipelines import columns as C
 
@@ -152,3 +156,20 @@ def _rfc3339(moment: datetime | None) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).isoformat()
+
+
+def read_version(objects: ObjectStore, settings: Settings, row: dict) -> bytes:
+    """A version row's bytes, checked against its recorded size and SHA-256 as they stream in.
+
+    Raises:
+        IngestError: ``too_large`` (over ``settings.max_file_bytes``), ``object_missing``, or ``object_changed`` when
+            the object no longer holds the registered bytes (a later ``--scan`` registers the new content).
+    """
+    if row[C.SIZE] > settings.max_file_bytes:
+        raise IngestError("too_large", f"{row[C.SIZE]} bytes, more than SLUICE_MAX_FILE_BYTES={settings.max_file_bytes}")
+    try:
+        return objects.get_verified(row[C.OBJECT_KEY], int(row[C.SIZE]), str(row[C.SHA256]))
+    except KeyError as exc:
+        raise IngestError("object_missing", f"s3://{objects.bucket}/{row[C.OBJECT_KEY]} is gone") from exc
+    except ObjectChangedError as exc:
+        raise IngestError("object_changed", f"the object's bytes differ from the registered version's: {exc.detail}") from exc

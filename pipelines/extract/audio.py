@@ -171,6 +171,38 @@ class StreamResampler:
         return y[low:] if final else y[low : (last - start) * self.up // self.down]
 
 
+class SampleBuffer:
+    """Collects 16 kHz output blocks into one ``float32`` array, so the decoded samples are held once (a list of blocks
+    joined at the end is held twice, for a moment: 920 MB for the longest recording allowed instead of 460 MB).
+
+    Sized from the length the file declares when it declares one; otherwise it grows by half again when full. The
+    memory is reserved, not touched, until samples are written (``np.empty``), so a size from a header that lies
+    costs address space, not memory.
+
+    Args:
+        expected: how many output samples to make room for at first (the declared length; 0: unknown).
+    """
+
+    def __init__(self, expected: int = 0) -> None:
+        self._data = np.empty(int(expected) + TARGET_RATE if expected > 0 else 10 * TARGET_RATE, np.float32)
+        self.size = 0
+
+    def extend(self, blocks: list[np.ndarray]) -> None:
+        """Append each block, in order."""
+        for block in blocks:
+            n = block.size
+            if self.size + n > self._data.size:
+                grown = np.empty(max(self.size + n, self._data.size * 3 // 2), np.float32)
+                grown[: self.size] = self._data[: self.size]
+                self._data = grown
+            self._data[self.size : self.size + n] = block.reshape(-1)
+            self.size += n
+
+    def samples(self) -> np.ndarray:
+        """The samples so far (a view: no copy)."""
+        return self._data[: self.size]
+
+
 class AudioExtractor:
     """Decode audio bytes into an :class:`Audio`.
 
@@ -245,7 +277,7 @@ class AudioExtractor:
                 self._check_size(path, frames, channels, rate, claimed=True)
                 block_frames = max(1, BLOCK_BYTES // (4 * channels))
                 resampler = StreamResampler(rate)
-                pieces: list[np.ndarray] = []
+                output = SampleBuffer(-(-frames * TARGET_RATE // rate))
                 done = 0
                 while True:
                     check_deadline(deadline, path, f"audio at {done / rate:.0f} s")
@@ -256,15 +288,15 @@ class AudioExtractor:
                     self._check_size(path, done, channels, rate, claimed=False)
                     mono = block[:, 0] if channels == 1 else block.mean(axis=1, dtype=np.float32)
                     del block
-                    pieces.extend(resampler.push(mono))
-                pieces.extend(resampler.finish())
+                    output.extend(resampler.push(mono))
+                output.extend(resampler.finish())
         except ExtractionError:
             raise
         except Exception as exc:  # soundfile.LibsndfileError (a RuntimeError), or a malformed header
             logger.debug("soundfile cannot read %s (%s); trying PyAV", path, exc)
             return None
-        samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-        return Audio(samples, source_rate=rate, source_channels=channels, decoder="soundfile", codec=str(subtype))
+        return Audio(output.samples(), source_rate=rate, source_channels=channels, decoder="soundfile",
+                     codec=str(subtype))
 
     def _pyav(self, data: bytes, path: str, deadline: float | None) -> Audio:
         """Decode with FFmpeg through PyAV, packet by packet, failing on the first frame the decoder rejects."""
@@ -280,13 +312,14 @@ class AudioExtractor:
             stream = container.streams.audio[0]
             rate = int(stream.codec_context.sample_rate or stream.rate or 0)
             channels = int(stream.codec_context.channels or 0)
+            declared_s = 0.0
             if stream.duration is not None and stream.time_base is not None and rate > 0:
-                self._check_size(path, float(stream.duration * stream.time_base) * rate, channels, rate, claimed=True)
+                declared_s = float(stream.duration * stream.time_base)
+                self._check_size(path, declared_s * rate, channels, rate, claimed=True)
             # The resampler converts each decoded frame to mono float at 16 kHz as it comes, so memory follows the
             # output, not the source (a 48 kHz stereo file would be 6 times larger).
             resampler = av.AudioResampler(format="flt", layout="mono", rate=TARGET_RATE)
-            pieces: list[np.ndarray] = []
-            total = 0
+            output = SampleBuffer(int(min(declared_s, self.max_seconds) * TARGET_RATE))
             decoded = 0  # source samples (frames x channels) decoded so far
             limit = int(self.max_seconds * TARGET_RATE) + TARGET_RATE
             try:
@@ -307,19 +340,14 @@ class AudioExtractor:
                         decoded += int(frame.samples) * frame_channels
                         if decoded * 4 > self.max_decoded_bytes:
                             self._check_size(path, decoded / frame_channels, frame_channels, rate, claimed=False)
-                        for out in resampler.resample(frame):
-                            piece = out.to_ndarray().reshape(-1)
-                            pieces.append(piece)
-                            total += piece.size
-                    if total > limit:
-                        raise self._too_long(path, total / TARGET_RATE)
-                for out in resampler.resample(None):
-                    pieces.append(out.to_ndarray().reshape(-1))
+                        output.extend([out.to_ndarray() for out in resampler.resample(frame)])
+                    if output.size > limit:
+                        raise self._too_long(path, output.size / TARGET_RATE)
+                output.extend([out.to_ndarray() for out in resampler.resample(None)])
             except av.error.FFmpegError as exc:  # the demuxer itself gave up (not a decoder error)
                 raise ExtractionError("audio_corrupt", f"{path} cannot be demuxed: {exc}") from exc
             codec = stream.codec_context.name or ""
-        samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
-        return Audio(samples, source_rate=rate, source_channels=channels, decoder="pyav", codec=codec)
+        return Audio(output.samples(), source_rate=rate, source_channels=channels, decoder="pyav", codec=codec)
 
 
 def decode_audio(data: bytes, path: str = "<audio>", *, max_seconds: float = MAX_AUDIO_SECONDS,

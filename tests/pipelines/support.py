@@ -153,9 +153,14 @@ class PeakRss:
         return self.peak - self.baseline
 
 
-def prepare_peak(settings, batch: dict, *, timeout_s: float = 600.0) -> tuple[int, list[str]]:
-    """Run one prepare batch in a process of its own (spawned, as a Ray worker is) and measure its memory.
+def prepare_peak(settings, batch: dict, *, timeout_s: float = 600.0, stage: str = "prepare") -> tuple[int, list[str]]:
+    """Run one batch through a stage in a process of its own (spawned, as a Ray worker is) and measure its memory.
 
+    ``stage``: ``"prepare"`` measures the prepare stage on ``batch``; ``"image"`` and ``"audio"`` run prepare first
+    (not measured) and measure that stage on its output. The image stage runs its real OCR engine
+    (``settings.ocr_engine``, loaded first) and a CLIP stand-in that takes every crop and returns zeros; the audio
+    stage a transcriber that finds no speech. So the figure is the stage's own (decoding the picture, OCR, the crops;
+    reading the recording from S3, decoding it, holding its samples), not a model's.
     The stage is built (tokenizer loaded) before the measure starts, so the figure is what the batch costs.
 
     Returns:
@@ -163,9 +168,11 @@ def prepare_peak(settings, batch: dict, *, timeout_s: float = 600.0) -> tuple[in
     """
     import multiprocessing
 
+    if stage not in ("prepare", "image", "audio"):
+        raise ValueError(f"stage={stage!r} must be 'prepare', 'image' or 'audio'")
     context = multiprocessing.get_context("spawn")
     answer = context.Queue()
-    worker = context.Process(target=_prepare_peak, args=(settings, batch, answer))
+    worker = context.Process(target=_stage_peak, args=(settings, batch, stage, answer))
     worker.start()
     try:
         return answer.get(timeout=timeout_s)
@@ -173,13 +180,66 @@ def prepare_peak(settings, batch: dict, *, timeout_s: float = 600.0) -> tuple[in
         worker.join(timeout=60)
 
 
-def _prepare_peak(settings, batch: dict, answer) -> None:
+class _ZeroClip:
+    """A CLIP stand-in for :func:`prepare_peak`: it takes the crops and gives zero vectors."""
+
+    dimension = 4
+
+    def encode_images(self, images):
+        import numpy as np
+
+        return np.zeros((len(images), self.dimension), np.float32)
+
+
+class _NoSpeech:
+    """A transcriber seam for :func:`prepare_peak`: it checks the samples and finds no speech in them."""
+
+    def transcribe(self, samples):
+        assert samples.ndim == 1 and samples.size
+        return []
+
+
+def _second_of_flac() -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((48_000, 2), dtype=np.int16), 48_000, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _stage_peak(settings, batch: dict, stage: str, answer) -> None:
     from pipelines import columns as C
     from pipelines.prepare import PrepareStage
 
-    stage = PrepareStage(settings)
-    with PeakRss() as peak:
-        out = stage(batch)
+    prepare = PrepareStage(settings)
+    if stage == "image":
+        from PIL import Image
+
+        from pipelines.image_stage import ImageStage
+        from pipelines.ocr import make_ocr
+
+        images = ImageStage(settings, ocr=make_ocr(settings.ocr_engine), clip=_ZeroClip())
+        images.warm_up()
+        images.ocr.recognize(Image.new("RGB", (256, 256), "white"))  # the OCR sessions' first run allocates
+        batch = prepare(batch)
+        del prepare
+        with PeakRss() as peak:
+            out = images(batch)
+    elif stage == "audio":
+        from pipelines.audio_stage import AudioStage
+
+        audio = AudioStage(settings, transcriber=_NoSpeech())
+        audio.audio.extract(_second_of_flac(), "warm-up.flac")  # load the decoder and the resampler first
+        batch = prepare(batch)
+        del prepare
+        with PeakRss() as peak:
+            out = audio(batch)
+    else:
+        with PeakRss() as peak:
+            out = prepare(batch)
     answer.put((peak.growth, [str(r) for r in out[C.ERROR_REASON]]))
 
 

@@ -1,56 +1,87 @@
-"""The audio stage on a mixed batch: recordings become segments, every other row passes through whole."""
+"""The audio stage on a mixed batch: recordings (read from S3 and decoded here) become segments, every other row
+passes through whole, and a recording that cannot be read or decoded fails alone with its reason."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from core.catalog import Catalog
+from core.metadata import decode
+from core.objects import ObjectStore
 from pipelines import columns as C
 from pipelines.asr import TranscriptSegment
 from pipelines.audio_stage import AudioStage
 from pipelines.prepare import RowWriter
+from tests.pipelines.audio_helpers import AUDIO, SPEECH, example_samples
+from tests.pipelines.test_audio import corrupt_middle, encode_mp3
+from tests.pipelines.support import registered_batch
 
 
 class FixedTranscriber:
-    """Two segments for any recording."""
+    """Two segments for any recording; keeps the length of each recording it was given."""
+
+    def __init__(self) -> None:
+        self.lengths: list[int] = []
 
     def transcribe(self, samples: np.ndarray) -> list[TranscriptSegment]:
-        assert samples.dtype == np.float32 and samples.size
+        assert samples.dtype == np.float32 and samples.ndim == 1
+        self.lengths.append(samples.size)
         return [TranscriptSegment("the pumps stop at noon", 0.0, 2.0, 0),
                 TranscriptSegment("and start again at one", 2.0, 4.0, 0)]
 
 
-def version(catalog: Catalog, path: str) -> dict:
-    """The document row of a version registered in the catalog (the stage counts its starts there)."""
-    registered = catalog.register_version("acme", path, object_key=f"acme/{path}", sha256="0" * 64, size=1).version
-    return {C.DOCUMENT_ID: registered.document_id, C.VERSION: registered.version, C.TENANT: "acme", C.PATH: path,
-            C.OBJECT_KEY: f"acme/{path}", C.CONTENT_TYPE: "", C.SHA256: "0" * 64, C.SIZE: 1, C.CREATED_AT: "",
-            C.METADATA: "{}", C.PROPERTIES: "{}"}
+def rows_of(batch: dict[str, list]) -> list[dict]:
+    return [{name: batch[name][i] for name in C.VERSION_COLUMNS} for i in range(len(batch[C.PATH]))]
 
 
-def test_rows_passed_through_keep_their_clip_vectors(settings):
-    """An image chunk batched with a recording keeps its CLIP vector: the segments get zeros, it does not."""
-    catalog = Catalog(settings)
+def test_recordings_are_read_from_s3_and_rows_passed_through_keep_their_clip_vectors(settings):
+    """The recording row carries no samples: the stage reads and decodes the file; an image chunk batched with it
+    keeps its CLIP vector while the segments get zeros."""
+    wav = (AUDIO / SPEECH[0]).read_bytes()
+    square, notice, notes = rows_of(registered_batch(settings, "acme", {"square.png": b"png", "notice.wav": wav,
+                                                                        "notes.md": b"hi"}))
     writer = RowWriter()
-    writer.add(version(catalog, "square.png"), **{C.CHUNK_INDEX: 0, C.CHUNK_COUNT: 1, C.MODALITY: "image",
-                                                C.KIND: C.KIND_IMAGE, C.IMAGE_SOURCE: "file"})
-    writer.add(version(catalog, "notice.wav"), **{C.CHUNK_INDEX: 0, C.CHUNK_COUNT: 1, C.MODALITY: "audio",
-                                                C.KIND: C.KIND_RECORDING, C.END_S: 4.0,
-                                                C.AUDIO_PCM: np.full(16000, 0.1, dtype="<f4").tobytes()})
-    writer.add(version(catalog, "notes.md"), **{C.CHUNK_INDEX: 0, C.CHUNK_COUNT: 1, C.MODALITY: "text", C.TEXT: "hi"})
+    writer.add(square, **{C.CHUNK_INDEX: 0, C.CHUNK_COUNT: 1, C.MODALITY: "image", C.KIND: C.KIND_IMAGE,
+                          C.IMAGE_SOURCE: "file"})
+    writer.add(notice, **{C.CHUNK_INDEX: 0, C.MODALITY: "audio", C.KIND: C.KIND_RECORDING})
+    writer.add(notes, **{C.CHUNK_INDEX: 0, C.CHUNK_COUNT: 1, C.MODALITY: "text", C.TEXT: "hi"})
     batch = writer.columns()
     clip = np.array([[0.6, 0.8, 0.0], [0.5, 0.5, 0.5], [0.0, 0.0, 0.0]], dtype=np.float32)
     batch[C.IMAGE_EMBEDDING] = clip
 
-    try:
-        out = AudioStage(settings, transcriber=FixedTranscriber())(batch)
-    finally:
-        catalog.close()
+    transcriber = FixedTranscriber()
+    out = AudioStage(settings, transcriber=transcriber)(batch)
 
     rows = list(zip(out[C.PATH], out[C.KIND], [str(t) for t in out[C.TEXT]]))
     assert rows == [("square.png", C.KIND_IMAGE, ""), ("notice.wav", C.KIND_SEGMENT, "the pumps stop at noon"),
                     ("notice.wav", C.KIND_SEGMENT, "and start again at one"), ("notes.md", "", "hi")]
+    assert transcriber.lengths == [example_samples(SPEECH[0]).size]  # the file's own samples, at 16 kHz
+    properties = decode(str(out[C.PROPERTIES][1]))
+    assert properties["duration_s"] == pytest.approx(transcriber.lengths[0] / 16_000, abs=1e-3)
+    assert properties["sample_rate"] > 0 and properties["channels"] >= 1
     vectors = np.asarray(out[C.IMAGE_EMBEDDING])
     assert vectors.shape == (4, 3)
     np.testing.assert_array_equal(vectors[0], clip[0])
     assert not vectors[1:].any()
+
+
+def test_a_recording_that_changed_in_s3_or_is_corrupt_fails_alone(settings):
+    """One recording whose object was overwritten after registration, one corrupt MP3, one good WAV: the first two
+    become error rows (``object_changed``, ``audio_corrupt``), the good one is transcribed."""
+    samples = example_samples(SPEECH[0])
+    files = {"changed.wav": (AUDIO / SPEECH[1]).read_bytes(),
+             "corrupt.mp3": corrupt_middle(encode_mp3(samples[: 16_000 * 4], 16_000)),
+             "good.wav": (AUDIO / SPEECH[0]).read_bytes()}
+    versions = rows_of(registered_batch(settings, "acme", files))
+    ObjectStore(settings).put_bytes(str(versions[0][C.OBJECT_KEY]), b"RIFF and something else entirely")
+    writer = RowWriter()
+    for row in versions:
+        writer.add(row, **{C.CHUNK_INDEX: 0, C.MODALITY: "audio", C.KIND: C.KIND_RECORDING})
+
+    transcriber = FixedTranscriber()
+    out = AudioStage(settings, transcriber=transcriber)(writer.columns())
+
+    outcomes = [(str(p), str(r) or "ok") for p, r in zip(out[C.PATH], out[C.ERROR_REASON])]
+    assert outcomes == [("changed.wav", "object_changed"), ("corrupt.mp3", "audio_corrupt"),
+                        ("good.wav", "ok"), ("good.wav", "ok")]
+    assert transcriber.lengths == [samples.size]
