@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from core import metrics
-from core.errors import IngestError
+from core.errors import IngestError, ServiceUnavailableError
 from core.metadata import clean_properties, decode, encode
 from core.objects import ObjectStore
 from core.settings import Settings
@@ -119,6 +119,8 @@ class AudioStage:
                     writer.error(row, exc.stage, exc.reason, exc.detail)
                     segments = []
                     self._extra(extra, batch, i)
+                except ServiceUnavailableError:
+                    raise  # S3 is down, not the file bad: the batch is retried, as prepare's would be
                 except Exception as exc:  # a library error fails this version only
                     logger.exception("recording %s/%s failed unexpectedly", row[C.DOCUMENT_ID], row[C.VERSION])
                     writer.error(row, "audio", "internal_error", f"{type(exc).__name__}: {exc}")

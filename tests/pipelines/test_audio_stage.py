@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import ServiceUnavailableError
 from core.metadata import decode
 from core.objects import ObjectStore
 from pipelines import columns as C
@@ -85,3 +86,18 @@ def test_a_recording_that_changed_in_s3_or_is_corrupt_fails_alone(settings):
     assert outcomes == [("changed.wav", "object_changed"), ("corrupt.mp3", "audio_corrupt"),
                         ("good.wav", "ok"), ("good.wav", "ok")]
     assert transcriber.lengths == [samples.size]
+
+
+def test_s3_out_of_reach_fails_the_batch_not_the_recording(settings, monkeypatch):
+    """An outage is no verdict on the file: the stage raises (Ray retries the batch) instead of a dead letter."""
+    (row,) = rows_of(registered_batch(settings, "acme", {"notice.wav": (AUDIO / SPEECH[0]).read_bytes()}))
+    writer = RowWriter()
+    writer.add(row, **{C.CHUNK_INDEX: 0, C.MODALITY: "audio", C.KIND: C.KIND_RECORDING})
+    stage = AudioStage(settings, transcriber=FixedTranscriber())
+
+    def down(*args, **kwargs):
+        raise ServiceUnavailableError("s3", "connection refused")
+
+    monkeypatch.setattr(stage.objects, "get_verified", down)
+    with pytest.raises(ServiceUnavailableError):
+        stage(writer.columns())
