@@ -26,23 +26,21 @@ counted in the catalog first (:class:`pipelines.attempts.AttemptGuard`): one who
 ``max_document_attempts`` times becomes an error row ``worker_crash`` instead of being started again.
 
 Limits on one document's work (README, "What you can rely on"), each its own reason code: the extractors check
-``max_pdf_pages`` (``too_many_pages``), ``max_render_pixels``
-(a large page renders smaller; ``page_too_large`` only for absurd proportions) and ``max_ocr_pages``
-(``too_many_ocr_pages``) from what the file declares before decoding, and again as they decode (the audio limits
-are the audio stage's, where audio is decoded). Each document also has ``document_timeout_s`` from the moment its
-work starts: past it, it fails alone as ``timeout`` and the batch
-goes on with the next document.
+``max_pdf_pages`` (``too_many_pages``), ``max_render_pixels`` (a large page renders smaller; ``page_too_large`` only
+for absurd proportions) and ``max_ocr_pages`` (``too_many_ocr_pages``) from what the file declares before decoding,
+and again as they decode (the audio limits are the audio stage's, where audio is decoded). Each document also has
+``document_timeout_s`` from the moment its work starts: past it, it fails alone as ``timeout`` and the batch goes on
+with the next document.
 
 Why the time limit is cooperative (a deadline passed into the extractors, checked before each PDF page is read and
-before each is rendered, and between extraction and chunking; the audio stage checks it before each audio block
-or packet is decoded) rather
-than a thread or process with a hard timeout: Python cannot kill a thread, so an abandoned extraction would keep
-running beside the next document's, and PDFium is not thread-safe (pypdfium2 takes no lock), so two documents in
-PDFium at once could crash the worker, which is worse than the stall; a process per document would cost a fork and
-a copy of the bytes for every small text file. The hostile cases that stall a worker are many small units (thousands
-of pages, hours of audio), which the deadline stops at the next unit; the limits above bound each unit (a render is
-at most ``max_render_pixels``, a decoded block 4 MiB). A single native call that never returns is what the worker
-crash accounting and the run's ``remote_call_timeout_s`` are for.
+before each is rendered, and between extraction and chunking; the audio stage checks it before each audio block or
+packet is decoded) rather than a thread or process with a hard timeout: Python cannot kill a thread, so an abandoned
+extraction would keep running beside the next document's, and PDFium is not thread-safe (pypdfium2 takes no lock),
+so two documents in PDFium at once could crash the worker, which is worse than the stall; a process per document
+would cost a fork and a copy of the bytes for every small text file. The hostile cases that stall a worker are many
+small units (thousands of pages, hours of audio), which the deadline stops at the next unit; the limits above bound
+each unit (a render is at most ``max_render_pixels``, a decoded block 4 MiB). A single native call that never
+returns is what the worker crash accounting and the run's ``remote_call_timeout_s`` are for.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ HASH_BLOCK_BYTES = 8 * 1024**2
 #: The part size the server gives when none is asked for (``SLUICE_UPLOAD_PART_SIZE``'s default): the size a direct
 #: upload's MD5s are computed for before the upload exists, when no part size is asked for.
 DEFAULT_PART_SIZE = 16 * 1024**2
+#: How many batches of ``parallel`` parts a direct upload signs ahead of the parts being sent.
+SIGN_AHEAD = 4
 #: How long to keep asking while another completion of the same upload runs, seconds.
 COMPLETE_PATIENCE_S = 3600.0
 
@@ -120,10 +122,6 @@ def file_digests(path: Path, part_size: int) -> tuple[str, list[str]]:
 def _fingerprint(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"local": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-#: How many batches of ``parallel`` parts a direct upload signs ahead of the parts being sent.
-SIGN_AHEAD = 4
 
 
 class Uploader:
@@ -237,12 +235,12 @@ class Uploader:
     def _send_direct(self, upload_id: str, numbers: list[int], read: Callable[[int], bytes], md5s: list[str]) -> None:
         """Send parts straight to S3.
 
-        This thread runs ahead of the senders: it takes ``parallel`` parts at a time, hashes them (MD5; ``md5s``, by
-        part number from 1, when :func:`file_digests` already did) and has them signed in one request, keeping no
-        bytes. ``parallel`` part threads each take a signed part, read its bytes
-        again (from the page cache: it was just read) and send them. Signing stays at most ``SIGN_AHEAD`` batches
-        ahead, so at most ``parallel`` parts are in memory and no sender waits for hashing or signing. A URL that
-        expired before its part was sent (403) is signed again, once.
+        This thread runs ahead of the senders: it takes ``parallel`` parts at a time, hashes them (MD5; or takes
+        ``md5s``, by part number from 1, when :func:`file_digests` already did) and has them signed in one request,
+        keeping no bytes. ``parallel`` part threads each take a signed part, read its bytes (again, from the page
+        cache) and send them. Signing stays at most ``SIGN_AHEAD`` batches ahead, so about ``parallel`` parts are in
+        memory and no sender waits for hashing or signing. A URL that expired before its part was sent (403) is
+        signed again, once.
         """
         ahead = threading.BoundedSemaphore(SIGN_AHEAD * self.parallel)
         failed: list[BaseException] = []
