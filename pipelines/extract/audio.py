@@ -12,8 +12,8 @@ Every failure is an :class:`core.errors.ExtractionError` with one of these reaso
 
 ==================  ===============================================================================================
 ``audio_empty``     0 bytes, or a file that decodes to 0 samples
-``audio_corrupt``   neither decoder can open it, or the decoder rejects one of its frames (an MP3 with a corrupt
-                    frame fails whole: see below)
+``audio_corrupt``   neither decoder can open it, the decoder rejects one of its frames (an MP3 with a corrupt
+                    frame fails whole: see below), or it declares a sample rate outside 1 kHz to 384 kHz
 ``audio_too_long``  longer than ``max_seconds`` (checked from the header first, then while decoding)
 ``audio_too_large`` more than ``max_decoded_bytes`` of ``float32`` at the file's own rate and channel count
                     (frames x channels x 4; checked from the header first, then while decoding)
@@ -57,6 +57,14 @@ MAX_AUDIO_SECONDS = 2 * 3600.0
 MAX_DECODED_BYTES = 4 * 1024**3
 #: libsndfile decodes this many bytes of ``float32`` (all channels) at a time: 4 MiB, about 11 s of 48 kHz stereo.
 BLOCK_BYTES = 4 * 1024**2
+#: The sample rates accepted, in Hz: telephone audio (8 kHz) to DXD (384 kHz) with room on both sides. A file that
+#: declares a rate outside is refused (``audio_corrupt``) before decoding: no recording has one, and converting
+#: one to 16 kHz is a work bomb (at 1 Hz, each input sample needs a filter of 320,000 taps).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+#: The fewest input samples :class:`StreamResampler` resamples at once: the filter it designs for each block costs
+#: as much as ``10 * max(up, down)`` samples, which for a rate sharing no factor with 16,000 (44,099 Hz:
+#: ``up=16000, down=44099``) is ten times the block of a second; a block of 2 M samples (8 MiB) pays for it.
+RESAMPLE_BLOCK_SAMPLES = 2**21
 #: What libsndfile reports as the frame count of a stream whose header does not give it.
 _UNKNOWN_FRAMES = 2**63 - 1
 
@@ -121,16 +129,19 @@ class StreamResampler:
 
     Args:
         rate: the input's sample rate in Hz (positive).
+        block_samples: the fewest input samples resampled at once (rounded up to a multiple of ``down``; at least a
+            second of input).
     """
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, block_samples: int = RESAMPLE_BLOCK_SAMPLES) -> None:
         g = math.gcd(int(rate), TARGET_RATE)
         self.up, self.down = TARGET_RATE // g, int(rate) // g
         self.passthrough = int(rate) == TARGET_RATE
         half_len = 10 * max(self.up, self.down)  # resample_poly's filter half length, in upsampled samples
         pad = -(-half_len // self.up) + 2
         self.pad = -(-pad // self.down) * self.down
-        self.block = max(1, -(-int(rate) // self.down)) * self.down  # about a second, a multiple of ``down``
+        # A multiple of ``down`` of at least block_samples (by default about 44 s at 48 kHz)
+        self.block = max(1, -(-max(int(rate), int(block_samples)) // self.down)) * self.down
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # absolute index of _buffer[0]
         self._next = 0  # first input sample whose outputs are not emitted yet (a multiple of ``down``)
@@ -252,6 +263,14 @@ class AudioExtractor:
             "audio_too_long", f"{path} lasts {seconds:.0f} s or more, over the limit of {self.max_seconds:.0f} s"
         )
 
+    @staticmethod
+    def _check_rate(path: str, rate: int) -> None:
+        """Refuse a sample rate no recording has (:data:`MIN_SAMPLE_RATE` to :data:`MAX_SAMPLE_RATE` are accepted)."""
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise ExtractionError(
+                "audio_corrupt", f"{path} declares a sample rate of {rate} Hz; audio of {MIN_SAMPLE_RATE:,} to "
+                f"{MAX_SAMPLE_RATE:,} Hz is accepted")
+
     def _check_size(self, path: str, frames: float, channels: int, rate: int, *, claimed: bool) -> None:
         """Refuse ``frames`` x ``channels`` of the source past either limit (``claimed``: the header's numbers)."""
         if rate > 0 and frames / rate > self.max_seconds:
@@ -274,6 +293,7 @@ class AudioExtractor:
                 rate, channels, frames, subtype = f.samplerate, f.channels, f.frames, f.subtype
                 if rate <= 0 or channels <= 0 or frames >= _UNKNOWN_FRAMES:
                     return None  # no usable header: FFmpeg decodes it frame by frame, counting
+                self._check_rate(path, rate)
                 self._check_size(path, frames, channels, rate, claimed=True)
                 block_frames = max(1, BLOCK_BYTES // (4 * channels))
                 resampler = StreamResampler(rate)
@@ -312,6 +332,8 @@ class AudioExtractor:
             stream = container.streams.audio[0]
             rate = int(stream.codec_context.sample_rate or stream.rate or 0)
             channels = int(stream.codec_context.channels or 0)
+            if rate:
+                self._check_rate(path, rate)
             declared_s = 0.0
             if stream.duration is not None and stream.time_base is not None and rate > 0:
                 declared_s = float(stream.duration * stream.time_base)
@@ -335,7 +357,9 @@ class AudioExtractor:
                             "audio_corrupt", f"{path}: packet {index}{where} cannot be decoded: {exc}"
                         ) from exc
                     for frame in frames:
-                        rate = rate or int(frame.sample_rate)
+                        if not rate:
+                            rate = int(frame.sample_rate)
+                            self._check_rate(path, rate)
                         frame_channels = len(frame.layout.channels) or channels or 1
                         decoded += int(frame.samples) * frame_channels
                         if decoded * 4 > self.max_decoded_bytes:

@@ -77,11 +77,11 @@ def scanned_pages(count: int) -> bytes:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("rate", [8_000, 16_000, 22_050, 44_100, 48_000, 192_000])
+@pytest.mark.parametrize("rate", [8_000, 16_000, 22_050, 44_099, 44_100, 48_000, 192_000])
 def test_stream_resampler_gives_what_resampling_the_whole_signal_gives(rate: int) -> None:
     rng = np.random.default_rng(rate)
     signal = rng.standard_normal(3 * rate + 777).astype(np.float32)
-    resampler, out, start = StreamResampler(rate), [], 0
+    resampler, out, start = StreamResampler(rate, block_samples=rate), [], 0  # blocks of a second: seams to cross
     while start < signal.size:
         size = int(rng.integers(1, rate))
         out += resampler.push(signal[start : start + size])
@@ -91,6 +91,35 @@ def test_stream_resampler_gives_what_resampling_the_whole_signal_gives(rate: int
     streamed = np.concatenate(out)
     assert streamed.shape == whole.shape
     np.testing.assert_allclose(streamed, whole, atol=1e-4)
+
+
+@pytest.mark.unit
+def test_a_rate_sharing_no_factor_with_16k_is_resampled_in_few_large_blocks(monkeypatch) -> None:
+    """44,099 Hz needs a filter ten times longer than a second of input; a filter is designed per block, so a
+    minute of it must take one or two blocks, not sixty (which took 0.47 s of CPU per second of audio)."""
+    import scipy.signal
+
+    calls = []
+    real = scipy.signal.resample_poly
+    monkeypatch.setattr(scipy.signal, "resample_poly", lambda x, up, down: calls.append(x.size) or real(x, up, down))
+    resampler, out = StreamResampler(44_099), []
+    signal = np.zeros(60 * 44_099, np.float32)
+    for start in range(0, signal.size, 2**20):
+        out += resampler.push(signal[start : start + 2**20])
+    out += resampler.finish()
+    assert sum(o.size for o in out) == 60 * 16_000
+    assert len(calls) <= 2, calls
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("rate", [1, 999, 384_001])
+def test_a_sample_rate_no_recording_has_is_refused_before_decoding(rate: int) -> None:
+    """A 5 KB WAV at 1 Hz would need a 320,000-tap filter per input sample: minutes for a few kilobytes."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(2_500, dtype=np.int16), rate, format="WAV", subtype="PCM_16")
+    with pytest.raises(ExtractionError) as caught:
+        AudioExtractor().extract(buffer.getvalue(), "slow.wav")
+    assert caught.value.reason == "audio_corrupt" and f"{rate} Hz" in caught.value.detail, caught.value
 
 
 @pytest.mark.unit
