@@ -2,7 +2,7 @@
 
 Starts its own PostgreSQL, Redis and S3 servers (:mod:`benchmarks.servers`), puts each input in the bucket,
 registers it, and runs one prepare batch of it in a process of its own (spawned, as a Ray worker is), sampling
-its resident memory every 2 ms (``tests.pipelines.support.prepare_peak``; the stage is built before the measure
+its resident memory every 2 ms (``tests.pipelines.support.stage_peak``; the stage is built before the measure
 starts). One JSON line per input, then one with the largest figure:
 
 * ``batch``: 16 objects of 32 MiB in one batch (binary, so they fail once read): the read-ahead budget
@@ -87,7 +87,7 @@ def _audio_input(minutes: int) -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     from core.settings import Settings
-    from tests.pipelines.support import prepare_peak, registered_batch, tiny_model
+    from tests.pipelines.support import stage_peak, registered_batch, tiny_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text-mib", type=int, default=64)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 del files
                 for stage in ("prepare", name) if name in ("image", "audio") else ("prepare",):
                     started = time.perf_counter()
-                    growth, reasons = prepare_peak(settings, batch, stage=stage)
+                    growth, reasons = stage_peak(settings, batch, stage=stage)
                     worst = max(worst, growth)
                     print(json.dumps({"input": name, "stage": stage, "files": len(batch["path"]),
                                       "mib_on_disk": round(on_disk / MIB, 1), "peak_growth_mib": round(growth / MIB, 1),

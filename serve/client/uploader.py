@@ -18,7 +18,7 @@ import mimetypes
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -207,7 +207,7 @@ class Uploader:
                           version=answer["version"], deduplicated=bool(answer.get("deduplicated")), resumed=resumed)
 
     def _send_parts(self, local: Path, upload_id: str, numbers: list[int], part_size: int, size: int, *,
-                    direct: bool, md5s: list[str] | None = None) -> None:
+                    direct: bool, md5s: Sequence[str] = ()) -> None:
         if not numbers:
             return
         fd = os.open(local, os.O_RDONLY)
@@ -218,7 +218,7 @@ class Uploader:
 
         try:
             if direct:
-                self._send_direct(upload_id, numbers, read, md5s or [])
+                self._send_direct(upload_id, numbers, read, md5s)
                 return
 
             def send(n: int) -> None:
@@ -232,7 +232,7 @@ class Uploader:
         finally:
             os.close(fd)
 
-    def _send_direct(self, upload_id: str, numbers: list[int], read: Callable[[int], bytes], md5s: list[str]) -> None:
+    def _send_direct(self, upload_id: str, numbers: list[int], read: Callable[[int], bytes], md5s: Sequence[str]) -> None:
         """Send parts straight to S3.
 
         This thread runs ahead of the senders: it takes ``parallel`` parts at a time, hashes them (MD5; or takes

@@ -153,7 +153,7 @@ class PeakRss:
         return self.peak - self.baseline
 
 
-def prepare_peak(settings, batch: dict, *, timeout_s: float = 600.0, stage: str = "prepare") -> tuple[int, list[str]]:
+def stage_peak(settings, batch: dict, *, stage: str = "prepare", timeout_s: float = 600.0) -> tuple[int, list[str]]:
     """Run one batch through a stage in a process of its own (spawned, as a Ray worker is) and measure its memory.
 
     ``stage``: ``"prepare"`` measures the prepare stage on ``batch``; ``"image"`` and ``"audio"`` run prepare first
@@ -181,7 +181,7 @@ def prepare_peak(settings, batch: dict, *, timeout_s: float = 600.0, stage: str 
 
 
 class _ZeroClip:
-    """A CLIP stand-in for :func:`prepare_peak`: it takes the crops and gives zero vectors."""
+    """A CLIP stand-in for :func:`stage_peak`: it takes the crops and gives zero vectors."""
 
     dimension = 4
 
@@ -192,54 +192,38 @@ class _ZeroClip:
 
 
 class _NoSpeech:
-    """A transcriber seam for :func:`prepare_peak`: it checks the samples and finds no speech in them."""
+    """A transcriber seam for :func:`stage_peak`: it checks the samples and finds no speech in them."""
 
     def transcribe(self, samples):
         assert samples.ndim == 1 and samples.size
         return []
 
 
-def _second_of_flac() -> bytes:
-    import io
-
-    import numpy as np
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, np.zeros((48_000, 2), dtype=np.int16), 48_000, format="FLAC", subtype="PCM_16")
-    return buffer.getvalue()
-
-
 def _stage_peak(settings, batch: dict, stage: str, answer) -> None:
     from pipelines import columns as C
     from pipelines.prepare import PrepareStage
 
-    prepare = PrepareStage(settings)
+    prepare = measured = PrepareStage(settings)
     if stage == "image":
         from PIL import Image
 
         from pipelines.image_stage import ImageStage
         from pipelines.ocr import make_ocr
 
-        images = ImageStage(settings, ocr=make_ocr(settings.ocr_engine), clip=_ZeroClip())
-        images.warm_up()
-        images.ocr.recognize(Image.new("RGB", (256, 256), "white"))  # the OCR sessions' first run allocates
-        batch = prepare(batch)
-        del prepare
-        with PeakRss() as peak:
-            out = images(batch)
+        measured = ImageStage(settings, ocr=make_ocr(settings.ocr_engine), clip=_ZeroClip())
+        measured.warm_up()
+        measured.ocr.recognize(Image.new("RGB", (256, 256), "white"))  # the OCR sessions' first run allocates
     elif stage == "audio":
         from pipelines.audio_stage import AudioStage
+        from tests.pipelines.test_limits import silent_flac
 
-        audio = AudioStage(settings, transcriber=_NoSpeech())
-        audio.audio.extract(_second_of_flac(), "warm-up.flac")  # load the decoder and the resampler first
-        batch = prepare(batch)
+        measured = AudioStage(settings, transcriber=_NoSpeech())
+        measured.audio.extract(silent_flac(channels=2, rate=48_000, seconds=1), "warm-up.flac")  # load the decoders
+    if measured is not prepare:
+        batch = prepare(batch)  # the stage's input, made before the measure starts
         del prepare
-        with PeakRss() as peak:
-            out = audio(batch)
-    else:
-        with PeakRss() as peak:
-            out = prepare(batch)
+    with PeakRss() as peak:
+        out = measured(batch)
     answer.put((peak.growth, [str(r) for r in out[C.ERROR_REASON]]))
 
 

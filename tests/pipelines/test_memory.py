@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.pipelines.support import prepare_peak, registered_batch
+from tests.pipelines.support import stage_peak, registered_batch
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def test_a_batch_of_large_files_is_read_within_the_read_ahead_budget(settings):
     batch = registered_batch(settings, "mem", files)
     del files
 
-    growth, reasons = prepare_peak(settings, batch)
+    growth, reasons = stage_peak(settings, batch)
 
     assert len(reasons) == FILES and set(reasons) <= {"binary_content", "unsupported_type"}, reasons
     total = FILES * FILE_MIB * MIB
@@ -47,8 +47,8 @@ def test_a_long_recording_is_decoded_by_the_audio_stage_and_never_carried_in_a_r
     batch = registered_batch(settings, "mem", {"talks/long.flac": silent_flac(channels=2, rate=48_000, seconds=600)})
     samples_bytes = 600 * 16_000 * 4
 
-    prepared, prepare_reasons = prepare_peak(settings, batch)
-    decoded, audio_reasons = prepare_peak(settings, batch, stage="audio")
+    prepared, prepare_reasons = stage_peak(settings, batch)
+    decoded, audio_reasons = stage_peak(settings, batch, stage="audio")
 
     assert prepare_reasons == [""] and audio_reasons == [""], (prepare_reasons, audio_reasons)
     assert prepared < samples_bytes / 4, prepared // MIB
