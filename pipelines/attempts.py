@@ -48,6 +48,12 @@ class AttemptGuard:
             self._catalog = Catalog(self.settings, max_connections=1)
         return self._catalog
 
+    def close(self) -> None:
+        """Close the catalog connection, if one was opened (a stage actor's guard lives as long as the actor)."""
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
     @staticmethod
     def worker() -> str:
         """``host:pid`` of this process: where a crash happened, for the dead letter."""

@@ -341,7 +341,10 @@ class AudioExtractor:
             # The resampler converts each decoded frame to mono float at 16 kHz as it comes, so memory follows the
             # output, not the source (a 48 kHz stereo file would be 6 times larger).
             resampler = av.AudioResampler(format="flt", layout="mono", rate=TARGET_RATE)
-            output = SampleBuffer(int(min(declared_s, self.max_seconds) * TARGET_RATE))
+            # Room for what the header declares (FFmpeg's estimate for a stream without a length), never more than
+            # the limits let through: a wrong estimate must not reserve more than the caps allow
+            allowed_s = self.max_decoded_bytes / (4 * max(1, channels) * rate) if rate else 0.0
+            output = SampleBuffer(int(min(declared_s, self.max_seconds, allowed_s) * TARGET_RATE))
             decoded = 0  # source samples (frames x channels) decoded so far
             limit = int(self.max_seconds * TARGET_RATE) + TARGET_RATE
             try:

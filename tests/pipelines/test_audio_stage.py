@@ -3,6 +3,8 @@ passes through whole, and a recording that cannot be read or decoded fails alone
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,15 @@ class FixedTranscriber:
                 TranscriptSegment("and start again at one", 2.0, 4.0, 0)]
 
 
+@contextlib.contextmanager
+def closing_stage(stage: AudioStage):
+    """The stage, its catalog connection (the attempt counts) closed afterwards: no pool thread outlives the test."""
+    try:
+        yield stage
+    finally:
+        stage.attempts.close()
+
+
 def rows_of(batch: dict[str, list]) -> list[dict]:
     return [{name: batch[name][i] for name in C.VERSION_COLUMNS} for i in range(len(batch[C.PATH]))]
 
@@ -51,7 +62,8 @@ def test_recordings_are_read_from_s3_and_rows_passed_through_keep_their_clip_vec
     batch[C.IMAGE_EMBEDDING] = clip
 
     transcriber = FixedTranscriber()
-    out = AudioStage(settings, transcriber=transcriber)(batch)
+    with closing_stage(AudioStage(settings, transcriber=transcriber)) as stage:
+        out = stage(batch)
 
     rows = list(zip(out[C.PATH], out[C.KIND], [str(t) for t in out[C.TEXT]]))
     assert rows == [("square.png", C.KIND_IMAGE, ""), ("notice.wav", C.KIND_SEGMENT, "the pumps stop at noon"),
@@ -80,7 +92,8 @@ def test_a_recording_that_changed_in_s3_or_is_corrupt_fails_alone(settings):
         writer.add(row, **{C.CHUNK_INDEX: 0, C.MODALITY: "audio", C.KIND: C.KIND_RECORDING})
 
     transcriber = FixedTranscriber()
-    out = AudioStage(settings, transcriber=transcriber)(writer.columns())
+    with closing_stage(AudioStage(settings, transcriber=transcriber)) as stage:
+        out = stage(writer.columns())
 
     outcomes = [(str(p), str(r) or "ok") for p, r in zip(out[C.PATH], out[C.ERROR_REASON])]
     assert outcomes == [("changed.wav", "object_changed"), ("corrupt.mp3", "audio_corrupt"),
@@ -93,11 +106,10 @@ def test_s3_out_of_reach_fails_the_batch_not_the_recording(settings, monkeypatch
     (row,) = rows_of(registered_batch(settings, "acme", {"notice.wav": (AUDIO / SPEECH[0]).read_bytes()}))
     writer = RowWriter()
     writer.add(row, **{C.CHUNK_INDEX: 0, C.MODALITY: "audio", C.KIND: C.KIND_RECORDING})
-    stage = AudioStage(settings, transcriber=FixedTranscriber())
-
     def down(*args, **kwargs):
         raise ServiceUnavailableError("s3", "connection refused")
 
-    monkeypatch.setattr(stage.objects, "get_verified", down)
-    with pytest.raises(ServiceUnavailableError):
-        stage(writer.columns())
+    with closing_stage(AudioStage(settings, transcriber=FixedTranscriber())) as stage:
+        monkeypatch.setattr(stage.objects, "get_verified", down)
+        with pytest.raises(ServiceUnavailableError):
+            stage(writer.columns())
