@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.search_stack import TENANT, docno_of, vaswani_search  # noqa: E402
 from benchmarks.vaswani import read_qrels, read_queries  # noqa: E402
 
+from tests.auth import bearer
+
 DEPTH = 100
 METRICS = ["map@100", "ndcg@10", "recall@100"]
 #: name -> request fields
@@ -64,7 +66,7 @@ def search_run(base_url: str, queries: dict[str, str], fields: dict, concurrency
     def one(item):
         qid, text = item
         response = client.post(f"{base_url}/v1/search", json={"query": text, "top_k": DEPTH, **fields},
-                               headers={"X-User-ID": TENANT})
+                               headers=bearer(TENANT))
         response.raise_for_status()
         ranked: dict[str, float] = {}
         results = response.json()["results"]

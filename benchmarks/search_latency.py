@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.search_stack import TENANT, vaswani_search  # noqa: E402
 from benchmarks.vaswani import read_queries  # noqa: E402
 
+from tests.auth import bearer
+
 CONCURRENCY = (1, 8, 32)
 TOP_K = 10
 
@@ -91,7 +93,7 @@ async def http_load(base_url: str, texts: list[str], concurrency: int, rounds: i
                 text = queue.get_nowait()
                 started = time.perf_counter()
                 response = await client.post(f"{base_url}/v1/search", json={"query": text, "top_k": TOP_K},
-                                             headers={"X-User-ID": TENANT})
+                                             headers=bearer(TENANT))
                 if response.status_code == 200:
                     latencies.append(time.perf_counter() - started)
                 else:

@@ -36,7 +36,10 @@ def bench_servers(work: Path, *, qdrant_path: Path, **settings_fields: Any) -> I
     """
     from core.settings import Settings
 
+    from tests.auth import use_postgres
+
     pg = start_postgres(work / "pg", free_port(), die_with_parent=True)
+    use_postgres(pg.dsn)  # the benchmarks' API keys are made there
     rd = start_redis(work / "redis", free_port(), die_with_parent=True)
     s3 = start_s3(work / "s3", free_port(), BUCKET, SECRET, die_with_parent=True)
     try:

@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.sampling import PeriodicSampler  # noqa: E402
 from benchmarks.servers import bench_servers, serve_app, settings_overrides, start_ray, stop_ray  # noqa: E402
 
+from tests.auth import bearer, make_key
+
 MB = 1_000_000
 MiB = 1024**2
 TENANT = "bench"
@@ -83,7 +85,7 @@ def _proxy_pid() -> int:
 def raw_api_upload(base_url: str, path: Path, remote: str, sha256: str, parallel: int, part_size: int) -> dict:
     """Create, send the parts ``parallel`` at a time, complete; returns the completion's answer."""
     size = path.stat().st_size
-    with httpx.Client(base_url=base_url, timeout=600, headers={"X-User-ID": TENANT}) as http:
+    with httpx.Client(base_url=base_url, timeout=600, headers=bearer(TENANT)) as http:
         created = http.post("/v1/uploads", json={"path": remote, "size": size, "sha256": sha256, "part_size": part_size})
         created.raise_for_status()
         body = created.json()
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--part-size-mib", str(args.part_mib), "--state-file", str(root / "client-state.json"),
                              "--no-progress", "--transfer", transfer],
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                            env=dict(os.environ, SLUICE_API_KEY=make_key(TENANT, "writer")),
                         )
                         seconds = time.perf_counter() - started
                         cpu = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -2,11 +2,14 @@
 
 Three kinds of keys, all under ``sluice:``:
 
-* ``sluice:<collection>:generation``: the collection's *index generation*, an integer that every ingest, delete and
-  restore advances (:meth:`Cache.bump_generation`).
+* ``sluice:<collection>:generation`` and ``sluice:<collection>:generation:<tenant>``: the *index generation* of the
+  collection and of each tenant, integers that a change advances (:meth:`Cache.bump_generation`): an ingest, delete,
+  restore or metadata change advances the generation of the tenants it changed, a repair of unknown scope the
+  collection's. A tenant's generation is the pair (:meth:`Cache.tenant_generation`), so one tenant's delete leaves
+  every other tenant's cached answers in place.
 * ``sluice:<collection>:search:<generation>:<sha256 of the parameters>``: a whole answer, keyed by the tenant, every
-  request parameter and the generation it was computed under. Once the generation moves, no request can reach the
-  older answers (they expire after ``search_cache_ttl_s``), so a stale answer is never served.
+  request parameter and the tenant's generation it was computed under. Once that generation moves, no request can
+  reach the older answers (they expire after ``search_cache_ttl_s``), so a stale answer is never served.
 * ``sluice:emb:<sha256 of the model>:<sha256 of the text>``: a query embedding (raw ``float32`` bytes). It depends on
   the model and the text only, so it outlives generations (:data:`EMBEDDING_TTL_S`).
 
@@ -112,21 +115,29 @@ class Cache:
         raw = self._call("generation read", lambda c: c.get(f"{self.prefix}:generation") or 0, None)
         return None if raw is None else int(raw)
 
-    def bump_generation(self) -> int | None:
-        """Advance the index generation: every cached answer becomes unreachable. ``None`` if Redis is down.
+    def tenant_generation(self, tenant: str) -> str | None:
+        """``<collection generation>.<tenant generation>``, or ``None`` when Redis cannot be reached."""
+        raw = self._call("generation read", lambda c: c.mget(f"{self.prefix}:generation",
+                                                             f"{self.prefix}:generation:{tenant}"), None)
+        return None if raw is None else ".".join(str(int(v or 0)) for v in raw)
 
-        Called after every change to the index (ingest today; delete and restore). Never skipped by the retry
+    def bump_generation(self, tenant: str | None = None) -> int | None:
+        """Advance the index generation of ``tenant`` (``None``: of the collection, so of every tenant): the cached
+        answers it covers become unreachable. ``None`` if Redis is down.
+
+        Called after every change to the index (ingest, delete, restore, metadata). Never skipped by the retry
         interval: a missed bump would leave stale answers reachable, so it always tries Redis once.
         """
+        key = f"{self.prefix}:generation" + (f":{tenant}" if tenant is not None else "")
         try:
-            return int(self.client.incr(f"{self.prefix}:generation"))
+            return int(self.client.incr(key))
         except _REDIS_ERRORS as exc:
             logger.warning("redis unavailable, index generation not advanced: %s", exc)
             return None
 
     # --- whole answers -----------------------------------------------------------------------------------------
 
-    def key(self, kind: str, generation: int, params: dict[str, Any]) -> str:
+    def key(self, kind: str, generation: int | str, params: dict[str, Any]) -> str:
         """A cache key: ``sluice:<collection>:<kind>:<generation>:<sha256 of the canonical JSON params>``."""
         digest = _digest(json.dumps(params, sort_keys=True, default=str))
         return f"{self.prefix}:{kind}:{generation}:{digest}"

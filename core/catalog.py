@@ -15,7 +15,8 @@ Connection failures are retried by ``core.retry`` and then raise ``ServiceUnavai
 
 The methods of :class:`Catalog` are grouped by concept in mixin modules: the version life cycle in
 ``core.version_lifecycle``, dead letters in ``core.dead_letters``, index models in ``core.index_models``,
-stage attempts at documents whose worker may die in ``core.document_attempts``; the
+stage attempts at documents whose worker may die in ``core.document_attempts``, API keys in ``core.api_keys``,
+the audit log in ``core.audit``, a tenant's usage in ``core.quotas``; the
 records they return (:class:`CatalogConflict`, :class:`Registration`, :class:`Claim`) in ``core.catalog_records``,
 re-exported here. This module holds the connections, the migrations and the read-only queries.
 """
@@ -30,8 +31,12 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from core.api_keys import ApiKeys
+from core.audit import AuditLog
+from core.quotas import TenantUsage
 from core.catalog_records import _DOCUMENT_COLUMNS, _VERSION_COLUMNS, CatalogConflict, Claim, Registration, _version
 from core.dead_letters import DeadLetters
+from core.errors import ConfigurationError
 from core.document_attempts import DocumentAttempts
 from core.index_models import IndexModels
 from core.retry import call_with_retry
@@ -48,7 +53,8 @@ MIGRATION_LOCK_KEY = 0x511CE_0001
 _TRANSIENT = (psycopg.OperationalError, PoolTimeout)
 
 
-class Catalog(VersionLifecycle, DeadLetters, IndexModels, DocumentAttempts):
+class Catalog(VersionLifecycle, DeadLetters, IndexModels, DocumentAttempts, ApiKeys, AuditLog,
+              TenantUsage):
     """Reads and writes the catalog tables.
 
     The pool opens lazily on first use (so a ``Catalog`` pickles to Ray workers cheaply) and applies the
@@ -69,6 +75,8 @@ class Catalog(VersionLifecycle, DeadLetters, IndexModels, DocumentAttempts):
         self.max_connections = max_connections
         self.connect_timeout_s = connect_timeout_s
         self._pool: ConnectionPool | None = None
+        #: The migrations this process applied when it opened the pool.
+        self.applied_migrations: list[str] = []
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -109,7 +117,10 @@ class Catalog(VersionLifecycle, DeadLetters, IndexModels, DocumentAttempts):
 
             pool = call_with_retry("postgres", open_pool, transient=_TRANSIENT)
             self._pool = pool
-            self.migrate()
+            if self.settings.migrate_on_start:
+                self.applied_migrations = self.migrate()
+            else:
+                self.check_schema()
         return self._pool
 
     def close(self) -> None:
@@ -127,15 +138,36 @@ class Catalog(VersionLifecycle, DeadLetters, IndexModels, DocumentAttempts):
 
         return call_with_retry("postgres", attempt, transient=_TRANSIENT)
 
+    @staticmethod
+    def _migration_files() -> list:
+        return sorted((f for f in resources.files("core.migrations").iterdir() if f.name.endswith(".sql")),
+                      key=lambda f: f.name)
+
+    def check_schema(self) -> None:
+        """Check that every migration is applied (``migrate_on_start=false``: the schema is the operator's step).
+
+        Raises:
+            ConfigurationError: migrations are missing; the message names them and the command that applies them.
+        """
+        def applied(conn: psycopg.Connection) -> set[str]:
+            exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL AS present").fetchone()
+            if not exists["present"]:
+                return set()
+            return {r["name"] for r in conn.execute("SELECT name FROM schema_migrations").fetchall()}
+
+        missing = [f.name for f in self._migration_files() if f.name not in self._run(applied)]
+        if missing:
+            raise ConfigurationError(
+                f"the catalog lacks migrations {', '.join(missing)}: run `python -m jobs.migrate` with the schema "
+                "owner's DSN (SLUICE_MIGRATION_DSN), or set SLUICE_MIGRATE_ON_START=true")
+
     def migrate(self) -> list[str]:
         """Apply the migrations not applied yet, in file-name order.
 
         Returns:
             The names of the migrations applied by this call.
         """
-        files = sorted(
-            (f for f in resources.files("core.migrations").iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
-        )
+        files = self._migration_files()
 
         def apply(conn: psycopg.Connection) -> list[str]:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))

@@ -19,11 +19,15 @@ MAX_SEGMENT_BYTES = 255
 
 
 def _check_tenant(tenant: str) -> str:
-    if not tenant or "/" in tenant or any(unicodedata.category(c) == "Cc" for c in tenant) or tenant in {".", ".."}:
-        from core.errors import InvalidPathError
+    """``tenant`` if it is canonical (``core.access.canonical_tenant``): no other spelling reaches an object key, a
+    document id or a payload, whoever asks (an API key's tenant, ``jobs.ingest --tenant``, an object's key)."""
+    from core.access import InvalidTenant, canonical_tenant
+    from core.errors import InvalidPathError
 
-        raise InvalidPathError(tenant, "a tenant is a non-empty name without '/' or control characters")
-    return unicodedata.normalize("NFC", tenant)
+    try:
+        return canonical_tenant(tenant)
+    except InvalidTenant as exc:
+        raise InvalidPathError(tenant, str(exc)) from None
 
 
 def normalise_path(path: str) -> str:

@@ -51,23 +51,31 @@ GENERATION_ATTEMPTS = 4
 GENERATION_BACKOFF_S = 0.25
 
 
-def bump_generation(cache: Cache, *, attempts: int = GENERATION_ATTEMPTS, backoff_s: float = GENERATION_BACKOFF_S) -> int:
-    """Advance the index generation, retrying a Redis that is briefly gone.
+def bump_generation(cache: Cache, tenants: Iterable[str] | None = None, *, attempts: int = GENERATION_ATTEMPTS,
+                    backoff_s: float = GENERATION_BACKOFF_S) -> int:
+    """Advance the index generation of ``tenants`` (``None``: the collection's, every tenant's), retrying a Redis
+    that is briefly gone.
 
     Returns:
-        The new generation.
+        The new generation (of the last tenant advanced).
 
     Raises:
         ServiceUnavailableError: ``redis`` still unreachable after ``attempts`` tries (cached answers may then be
             stale until ``search_cache_ttl_s`` passes; repeat the operation once Redis is back).
     """
-    for attempt in range(max(1, attempts)):
-        generation = cache.bump_generation()
-        if generation is not None:
-            return generation
-        if attempt + 1 < attempts:
-            time.sleep(backoff_s * 2**attempt)
-    raise ServiceUnavailableError("redis", "the index generation could not be advanced; cached answers may be stale")
+    generation = 0
+    for tenant in [None] if tenants is None else sorted(set(tenants)):
+        for attempt in range(max(1, attempts)):
+            bumped = cache.bump_generation(tenant)
+            if bumped is not None:
+                generation = bumped
+                break
+            if attempt + 1 < attempts:
+                time.sleep(backoff_s * 2**attempt)
+        else:
+            raise ServiceUnavailableError("redis", "the index generation could not be advanced; cached answers may "
+                                          "be stale")
+    return generation
 
 
 def commit_versions(
@@ -183,7 +191,7 @@ def restore_version(settings: Settings, document_id: str, version: int, *, catal
             )
     doc = catalog.restore_version(document_id, version)  # raises CatalogConflict for the other cases
     store.set_latest(document_id, version)
-    bump_generation(cache or Cache(settings))
+    bump_generation(cache or Cache(settings), [doc.tenant])
     logger.info("restored %s to version %d", document_id, version)
     return doc
 
@@ -220,7 +228,7 @@ def delete_document(settings: Settings, document_id: str, *, catalog: Catalog | 
         logger.warning("document %s is deleted but its points could not be removed (search hides them; "
                        "python -m jobs.reconcile removes them): %s", document_id, exc)
     if bump:
-        bump_generation(cache)
+        bump_generation(cache, [before.tenant])
     if settings.delete_objects:
         objects = objects or ObjectStore(settings)
         for key in sorted({v.object_key for v in catalog.list_versions(document_id)}):
@@ -245,9 +253,10 @@ def replace_metadata(settings: Settings, document_id: str, metadata: dict, *, ca
     """
     catalog = catalog or Catalog(settings)
     store = store or VectorStore(settings)
-    versions = catalog.set_metadata(document_id, metadata)
+    doc = catalog.get_document(document_id)
+    versions = catalog.set_metadata(document_id, metadata)  # raises CatalogConflict("not_found") when doc is None
     store.set_metadata(document_id, versions, metadata)
-    bump_generation(cache or Cache(settings))
+    bump_generation(cache or Cache(settings), [doc.tenant] if doc is not None else None)
     logger.info("replaced the metadata of %s versions %s", document_id, versions)
     return versions
 

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", populate_by_name=True)
 
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/sluice"
+    #: Whether a process applies the catalog's migrations when it first connects; ``false`` in production, where
+    #: the services' database role may not change the schema and ``python -m jobs.migrate`` runs them as its owner.
+    migrate_on_start: bool = True
+    #: The schema owner's DSN, for ``python -m jobs.migrate`` (empty: ``postgres_dsn``).
+    migration_dsn: SecretStr | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     s3_endpoint: str = "127.0.0.1:8333"
     s3_access_key: str = "sluice"
@@ -141,6 +146,36 @@ class Settings(BaseSettings):
     document_timeout_s: float = Field(default=300.0, gt=0)
     #: Base URL of an Ollama server for ``ollama:<model>`` embedding specs.
     ollama_url: str = "http://127.0.0.1:11434"
+
+    # Security (README, "Security").
+    #: How callers are authenticated: ``api_key`` (``Authorization: Bearer`` with a key of ``python -m jobs.keys``),
+    #: ``jwt`` (a token signed by the identity provider of ``jwt_jwks``), ``both``, or ``trusted_header`` (a gateway
+    #: in front names the caller in ``X-User-ID``, on requests that carry ``gateway_secret``; keys still work).
+    auth_mode: str = Field(default="api_key", pattern="^(api_key|jwt|both|trusted_header)$")
+    #: Key of the API keys' hash (HMAC-SHA256); empty: a random one made once and kept in the catalog.
+    auth_secret: SecretStr | None = None
+    #: Seconds a key's record is cached by a replica: a revoked key is refused everywhere within this.
+    auth_cache_s: float = Field(default=5.0, ge=0, le=10)
+    #: The gateway's shared secret (``X-Sluice-Gateway-Secret``) in ``trusted_header`` mode.
+    gateway_secret: SecretStr | None = None
+    #: JWKS of the identity provider: a file path or an ``https://`` URL (fetched, cached and refreshed).
+    jwt_jwks: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    #: Claims that name the caller's tenant and role.
+    jwt_tenant_claim: str = "tenant"
+    jwt_role_claim: str = "role"
+    #: Asymmetric algorithms accepted (comma-separated); ``none`` and HMAC ones never are.
+    jwt_algorithms: str = "RS256,RS384,RS512,PS256,PS384,PS512,ES256,ES384,ES512,EdDSA"
+    #: Clock skew tolerated on ``exp`` and ``nbf``, seconds.
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    #: Requests per second one API key (or token subject) and one tenant may make (429 past it); 0: no limit.
+    rate_limit_key_rps: int = Field(default=200, ge=0)
+    rate_limit_tenant_rps: int = Field(default=1000, ge=0)
+    #: Most bytes one tenant may store (newest version of each document, plus open uploads; 413 past it); 0: none.
+    max_tenant_bytes: int = Field(default=0, ge=0)
+    #: Most uploads one tenant may have open (``pending`` or ``completing``; 429 past it); 0: no limit.
+    max_open_uploads: int = Field(default=1000, ge=0)
 
     @field_validator("chunk_overlap_tokens")
     @classmethod

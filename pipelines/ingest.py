@@ -362,7 +362,7 @@ def run_ingest(
             summary.stage_seconds[stage] = round(now - clock, 3)
             clock = now
 
-        changed = False
+        changed: set[str] = set()  # the tenants whose index this run changed
         if retry_failed:
             summary.dead_letters_replayed = catalog.replay_dead_letters(tenant, prefix)
         if scan:
@@ -370,9 +370,11 @@ def run_ingest(
             summary.objects_scanned, summary.objects_registered = report.objects_seen, report.registered
             summary.objects_rejected = report.rejected
             for document_id in report.missing:
-                lifecycle.delete_document(settings, document_id, catalog=catalog, store=store, objects=objects, bump=False)
+                before = lifecycle.delete_document(settings, document_id, catalog=catalog, store=store, objects=objects,
+                                                   bump=False)
+                if before is not None:
+                    changed.add(before.tenant)
             summary.documents_deleted = len(report.missing)
-            changed = bool(report.missing)
             lap("scan")
 
         run_id = new_run_id()
@@ -387,7 +389,7 @@ def run_ingest(
         if on_progress is not None:
             on_progress(IngestProgress(total=len(claimed)))
         if claimed:
-            changed = True
+            changed |= {c.version.tenant for c in claimed}
             with LeaseKeeper(catalog, run_id, settings.ingest_lease_s):
                 _index(settings, catalog, store, claimed, summary, fault_injection, run_id=run_id,
                        on_progress=on_progress)
@@ -396,7 +398,7 @@ def run_ingest(
             lap("record")
             summary.stage_seconds["record"] = round(summary.stage_seconds["record"] - summary.stage_seconds.get("dataset", 0), 3)
         if changed:
-            lifecycle.bump_generation(cache)
+            lifecycle.bump_generation(cache, changed)
         summary.documents_unchanged = max(0, summary.documents_seen - summary.documents_indexed - summary.documents_failed
                                           - summary.versions_held_elsewhere - summary.versions_taken_over)
         metrics.record_ingest(summary, pending=catalog.pending_versions)

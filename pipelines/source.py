@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 
 from core.catalog import Catalog
+from core.access import InvalidTenant, canonical_tenant
 from core.errors import IngestError, InvalidPathError
 from core.ids import normalise_path
 from core.metadata import encode, from_s3_user_metadata
@@ -57,6 +58,10 @@ def _split_key(key: str) -> tuple[str, str]:
     tenant, _, path = key.partition("/")
     if not tenant or not path:
         raise InvalidPathError(key, "an object key must be <tenant>/<path>")
+    try:
+        canonical_tenant(tenant)  # an object under "Acme/" or "admin/" is no tenant's document
+    except InvalidTenant as exc:
+        raise InvalidPathError(key, str(exc)) from None
     return tenant, normalise_path(path)
 
 

@@ -9,6 +9,7 @@ a load balancer then sends no traffic to a replica that could not serve it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,9 @@ from core.errors import ServiceUnavailableError
 from core.objects import ObjectStore
 from core.settings import Settings
 from core.vectorstore import VectorStore
+from serve.http import public_detail
+
+logger = logging.getLogger(__name__)
 
 #: Seconds one service may take to answer before it counts as down.
 CHECK_TIMEOUT_S = 3.0
@@ -70,6 +74,8 @@ async def _timed(check: Callable[[], None]) -> dict[str, Any]:
     except asyncio.TimeoutError:
         outcome = {"status": "down", "detail": f"no answer within {CHECK_TIMEOUT_S:.0f} s"}
     except Exception as exc:  # noqa: BLE001 - the probe reports every failure, it never raises
-        outcome = {"status": "down", "detail": str(getattr(exc, "detail", None) or exc)[:300]}
+        # Open to anyone: the detail names the failure, never the service's host, address or credentials.
+        logger.warning("readiness check failed: %s", exc)
+        outcome = {"status": "down", "detail": public_detail(str(getattr(exc, "detail", None) or exc)[:300])}
     outcome["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return outcome

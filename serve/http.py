@@ -1,4 +1,4 @@
-"""What every Sluice HTTP application shares: request ids, the tenant header, and JSON errors.
+"""What every Sluice HTTP application shares: request ids, JSON errors, the request log and the audit trail.
 
 Every response carries ``X-Request-ID`` (the client's when it sent one, else a new one) and every error is JSON
 ``{"error": code, "detail": text}`` (docs/DESIGN.md, "Interfaces (contract)"). Under Ray Serve the proxy already assigns the
@@ -8,10 +8,11 @@ only sets the header when the app runs outside Serve.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import time
-import unicodedata
 import uuid
 from typing import Any
 
@@ -21,10 +22,13 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.audit import AuditEvent
+
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
-TENANT_HEADER = "X-User-ID"
+#: Statuses that mean the caller was refused (audited whatever the call).
+REFUSED_STATUSES = frozenset({401, 403, 429})
 
 
 class ApiError(HTTPException):
@@ -50,22 +54,43 @@ class ApiError(HTTPException):
         )
 
 
-def tenant_of(request: Request) -> str:
-    """The caller's tenant from ``X-User-ID``.
+#: Failure reasons whose detail is the system's, not the file's: clients see only that it happened.
+INTERNAL_REASONS = frozenset({"internal_error", "worker_crash"})
+_INTERNAL_TEXT = "an internal error; the operator's logs have the details"
+_HIDDEN = (
+    re.compile(r"Traceback \(most recent call last\):.*", re.S),  # a stack trace, to the end
+    re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.I),  # URLs (s3://bucket/key, http://host:port/...)
+    re.compile(r"\b(?:password|passwd|pwd|secret|token|user|host|dbname)\s*=\s*\S+", re.I),  # DSN key=value pairs
+    re.compile(r"\[[0-9a-f:.]*:[0-9a-f:.]*\](?::\d+)?", re.I),  # IPv6 addresses, bracketed, with their port
+    re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"),  # IPv4 addresses, with their port
+    re.compile(r"\b[a-z0-9][a-z0-9.-]*:\d{2,5}\b", re.I),  # any host:port (minio:9000, db.example.com:5432)
+    re.compile(r"\b(?:localhost|[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:internal|local|svc|cluster\.local|amazonaws\.com))\b",
+               re.I),  # internal host names without a port
+    re.compile(r"(?<![\w/])/(?:[\w.@-]+/)+[\w.@-]+"),  # absolute file paths
+    re.compile(r"\b[a-z]:\\[^\s'\"]+|\\\\[^\s'\"]+", re.I),  # Windows paths (C:\..., \\server\share)
+)
 
-    Raises:
-        ApiError: 401 ``missing_user`` when the header is absent or blank, 400 ``bad_user`` when it holds a ``/``
-            or a control character, is longer than 128 characters, or is ``.`` or ``..``.
+
+def public_detail(text: str | None, *, reason: str = "", bucket: str = "") -> str | None:
+    """A failure's detail as a client may see it: no stack trace, URL, internal host, file path or bucket name.
+
+    Args:
+        text: the stored detail (a dead letter's, a version's ``error``: ``reason: detail``).
+        reason: the failure's reason code; an internal one (:data:`INTERNAL_REASONS`) shows no detail at all.
+        bucket: the S3 bucket's name, removed where it appears as a word.
     """
-    tenant = (request.headers.get(TENANT_HEADER) or "").strip()
-    if not tenant:
-        raise ApiError(401, "missing_user", f"the {TENANT_HEADER} header names the caller and is required")
-    if "/" in tenant or any(unicodedata.category(c) == "Cc" for c in tenant) or len(tenant) > 128 or tenant in {".", ".."}:
-        raise ApiError(
-            400, "bad_user", f"{TENANT_HEADER} must be at most 128 characters, without '/' or control characters, "
-            "and not '.' or '..'",
-        )
-    return tenant
+    if text is None:
+        return None
+    if reason in INTERNAL_REASONS:
+        return _INTERNAL_TEXT
+    head = text.split(":", 1)[0].strip()  # a version's error is "reason: detail"
+    if not reason and head in INTERNAL_REASONS:
+        return f"{head}: {_INTERNAL_TEXT}"
+    for pattern in _HIDDEN:
+        text = pattern.sub("[hidden]", text)
+    if bucket:
+        text = re.sub(rf"(?<![\w-]){re.escape(bucket)}(?![\w-])", "[hidden]", text)
+    return text
 
 
 def checked_metadata(value: Any) -> dict[str, Any]:
@@ -125,8 +150,14 @@ def _serve_request_id() -> str | None:
 
 
 class RequestLog:
-    """ASGI middleware: logs each request's start and end with its request id, sets ``X-Request-ID``, and turns an
-    unhandled exception into a JSON 500.
+    """ASGI middleware: logs each request's start and end with its request id and caller, sets ``X-Request-ID``,
+    turns an unhandled exception into a JSON 500, and records the call in the audit log (``core.audit``) when it
+    is mutating or refused.
+
+    A call is mutating when its route needs more than the ``reader`` role and its method is not ``GET`` (the
+    dependency ``serve.auth.allow`` notes the role and the caller in ``request.state``); refused is 401, 403 or 429,
+    whatever the route. The event is written after the answer is sent, through the app's ``state.auth.catalog``; a
+    failure to write it is logged, never turned into an error of a call that already happened.
 
     A plain ASGI middleware rather than ``@app.middleware("http")``: it leaves the request body stream untouched
     (Starlette's ``BaseHTTPMiddleware`` relays every body chunk through a memory stream).
@@ -144,8 +175,9 @@ class RequestLog:
         rid = serve_rid or headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         started = time.perf_counter()
         state = {"status": 0}
-        logger.info("request %s start %s %s user=%s", rid, scope.get("method"), scope.get("path"),
-                    headers.get(TENANT_HEADER, "-"))
+        request_state = scope.setdefault("state", {})
+        request_state["request_id"] = rid
+        logger.info("request %s start %s %s", rid, scope.get("method"), scope.get("path"))
 
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":
@@ -163,7 +195,38 @@ class RequestLog:
             response = JSONResponse({"error": "internal_error", "detail": "an unexpected error occurred"}, status_code=500)
             await response(scope, receive, send_with_id)
         finally:
-            logger.info("request %s end %d in %.1f ms", rid, state["status"] or 500, (time.perf_counter() - started) * 1000)
+            code = state["status"] or 500
+            principal = request_state.get("principal")
+            logger.info("request %s end %d in %.1f ms caller=%s", rid, code, (time.perf_counter() - started) * 1000,
+                        principal.subject if principal else "-")
+            needed = request_state.get("needed_role")
+            mutating = needed is not None and needed.value != "reader" and scope.get("method") != "GET"
+            auth = getattr(getattr(scope.get("app"), "state", None), "auth", None)
+            if auth is not None and (mutating or code in REFUSED_STATUSES):
+                await _audit(auth.catalog, scope, request_state, code)
+
+
+async def _audit(catalog, scope, request_state: dict, code: int) -> None:
+    """Record the call of ``scope`` (answered ``code``) in the audit log."""
+    principal = request_state.get("principal")
+    claimed = request_state.get("claimed") or ("", "")
+    route = getattr(scope.get("route"), "path", None)
+    params = scope.get("path_params") or {}
+    event = AuditEvent(
+        action=f"{scope.get('method')} {scope.get('root_path', '') + route if route else scope.get('path', '')}",
+        outcome="ok" if code < 400 else "refused" if code in REFUSED_STATUSES else "failed",
+        status=code,
+        # The ids in the path, or what the call made (a new key's or upload's id, noted by the route).
+        target="/".join(str(v) for v in params.values()) or str(request_state.get("audit_target", "")),
+        request_id=str(request_state.get("request_id", "")),
+        subject=principal.subject if principal else claimed[1],
+        tenant=principal.tenant if principal else claimed[0],
+        role=principal.role.value if principal else "",
+    )
+    try:
+        await asyncio.to_thread(catalog.record_audit, event)
+    except Exception as exc:  # the call happened; its answer is sent
+        logger.error("audit event of %s not recorded: %s", event.action, exc)
 
 
 def install_common_handlers(app: FastAPI) -> None:

@@ -23,11 +23,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
-#: The security scheme every ``/v1/...`` route but the health probes requires (README, "HTTP API").
-SECURITY_SCHEME = "tenant"
+#: The security scheme every ``/v1/...`` route but the health probes requires (README, "Security").
+SECURITY_SCHEME = "bearer"
 SECURITY_SCHEMES = {
-    SECURITY_SCHEME: {"type": "apiKey", "in": "header", "name": "X-User-ID",
-                      "description": "The caller's tenant (1 to 128 characters, no '/' or control characters)."},
+    SECURITY_SCHEME: {"type": "http", "scheme": "bearer",
+                      "description": "An API key (`sluice_...`, from `python -m jobs.keys create`) or, when the server "
+                                     "accepts them, a JWT of its identity provider. The credential names the "
+                                     "caller's tenant and role; each operation's `x-required-role` is the least "
+                                     "role that may call it."},
 }
 #: Paths open to anyone (no credential): a load balancer's and a probe's.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -42,11 +45,13 @@ APPLICATIONS: tuple[tuple[str, str], ...] = (
 
 _WHY = {
     400: "The request is malformed (a bad path, part number or digest).",
-    401: "The caller is not named (no or a blank X-User-ID).",
+    401: "No credential, or one that is malformed, unknown, expired or revoked.",
+    403: "The credential's role may not make this call.",
     404: "No such object for this caller (another tenant's answers 404 too).",
     409: "The object's state does not allow the call.",
     413: "The body or the upload is larger than allowed.",
     422: "The body or a parameter is not valid; `detail` names the field.",
+    429: "Past a limit (`limit` names it: `key_rps`, `tenant_rps`, `max_open_uploads`); retry after `Retry-After`.",
     502: "S3 stored different bytes than sent; send the part again.",
     503: "A service is unavailable or the search is overloaded; retry after `Retry-After` seconds.",
 }
@@ -100,10 +105,18 @@ def describe(app: FastAPI, bodies: Sequence[type[BaseModel]] = ()) -> dict[str, 
         models[model.__name__] = found
     components["securitySchemes"] = SECURITY_SCHEMES
     error = errors(422)[422]
+    roles = _required_roles(app.routes)
+    refused = {str(status): {"description": _WHY[status],
+                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+               for status in (401, 403, 429)}
     for path, operations in schema.get("paths", {}).items():
-        for operation in operations.values():
+        for method, operation in operations.items():
             if path not in OPEN_PATHS:
                 operation["security"] = [{SECURITY_SCHEME: []}]
+                for status, answer in refused.items():
+                    operation.setdefault("responses", {}).setdefault(status, answer)
+            if (path, method.upper()) in roles:
+                operation["x-required-role"] = roles[path, method.upper()]
             if "422" in operation.get("responses", {}):  # FastAPI's default for routes with parameters
                 operation["responses"]["422"] = {
                     "description": error["description"],
@@ -113,6 +126,24 @@ def describe(app: FastAPI, bodies: Sequence[type[BaseModel]] = ()) -> dict[str, 
         models.pop(unused, None)
     models.setdefault("ErrorBody", ErrorBody.model_json_schema())
     return schema
+
+
+def _required_roles(routes: Sequence[Any], prefix: str = "") -> dict[tuple[str, str], str]:
+    """``(path, METHOD)`` to the role its ``serve.auth.allow`` dependency asks for, routers included (Serve's
+    ingress includes the deployment's routes as a router)."""
+    roles = {}
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            context = getattr(route, "include_context", None)
+            roles |= _required_roles(included.routes, prefix + getattr(context, "prefix", ""))
+            continue
+        for dependency in getattr(getattr(route, "dependant", None), "dependencies", ()):
+            role = getattr(dependency.call, "role", None)
+            if role is not None:
+                for method in route.methods:
+                    roles[prefix + route.path_format, method] = role.value
+    return roles
 
 
 def install(app: FastAPI, bodies: Sequence[type[BaseModel]] = (),

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from cluster.local.stack import free_port, start_postgres, start_redis, start_s3
+from tests.auth import use_postgres
 
 #: Keys of the test S3 identity (not secrets: the server lives only for the session, on loopback).
 S3_ACCESS_KEY = "sluice-test"
@@ -62,6 +63,7 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_dsn(stack_dir: Path) -> Iterator[str]:
     """DSN of a PostgreSQL server of this session, with an empty database ``sluice``."""
     server = start_postgres(stack_dir / "postgres", free_port(), die_with_parent=True)
+    use_postgres(server.dsn)  # tests.auth makes the tests' API keys there
     try:
         yield server.dsn
     finally:

@@ -23,7 +23,7 @@ DEFAULT_QUERIES = (
 )
 
 
-def upload_folder(corpus: Path, tenant: str) -> int:
+def upload_folder(corpus: Path) -> int:
     """Upload every file under ``corpus`` through ``POST /v1/uploads`` with the ``sluice`` client; return the count.
 
     Each top-level entry of the folder (but its README.md) is passed to ``sluice upload``, so document paths are the
@@ -34,9 +34,8 @@ def upload_folder(corpus: Path, tenant: str) -> int:
     """
     entries = sorted(p for p in corpus.iterdir() if not p.name.startswith(".") and p.name.upper() != "README.MD")
     url = os.environ.get("SLUICE_SERVE_URL", "http://127.0.0.1:8000")
-    cmd = [sys.executable, "-m", "serve.client", "--url", url, "--tenant", tenant, "upload", "--no-progress",
-           *map(str, entries)]
-    print("$ sluice --tenant", tenant, "upload", " ".join(p.name for p in entries), flush=True)
+    cmd = [sys.executable, "-m", "serve.client", "--url", url, "upload", "--no-progress", *map(str, entries)]
+    print("$ sluice upload", " ".join(p.name for p in entries), flush=True)  # the key in $SLUICE_API_KEY names the tenant
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
@@ -64,12 +63,12 @@ def submit_ingest(tenant: str) -> dict:
     raise SystemExit("the ingest job printed no JSON summary")
 
 
-def ask(queries: list[str], tenant: str, top_k: int = 3) -> None:
+def ask(queries: list[str], api_key: str, top_k: int = 3) -> None:
     """Print the top answers to each query from ``POST /v1/search``."""
     url = os.environ.get("SLUICE_SERVE_URL", "http://127.0.0.1:8000") + "/v1/search"
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {api_key}"}) as client:
         for query in queries:
-            response = client.post(url, json={"query": query, "top_k": top_k}, headers={"X-User-ID": tenant})
+            response = client.post(url, json={"query": query, "top_k": top_k})
             response.raise_for_status()
             body = response.json()
             print(f"\nQ: {query}   ({body['took_ms']:.0f} ms, mode hybrid)")
@@ -83,17 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     """Upload, ingest, query; exit 0 when every query got at least one answer."""
     parser = argparse.ArgumentParser(prog="python -m cluster.local.demo")
     parser.add_argument("--corpus", default=os.environ.get("CORPUS") or str(REPO / "examples"))
-    parser.add_argument("--tenant", default="demo")
+    parser.add_argument("--tenant", default=os.environ.get("SLUICE_TENANT") or "demo",
+                        help="the tenant of $SLUICE_API_KEY (make up writes both into .sluice/env)")
     parser.add_argument("--query", action="append", help="a query to ask (repeatable); default: three examples")
     args = parser.parse_args(argv)
+    api_key = os.environ.get("SLUICE_API_KEY")
+    if not api_key:
+        raise SystemExit("SLUICE_API_KEY is not set: run `make up` and `source .sluice/env` (make demo does both)")
     corpus = Path(args.corpus).resolve()
     if not corpus.is_dir():
         raise SystemExit(f"CORPUS={corpus} is not a folder")
     print(f"uploading {corpus} to tenant {args.tenant!r} ...", flush=True)
-    print(f"{upload_folder(corpus, args.tenant)} files stored", flush=True)
+    print(f"{upload_folder(corpus)} files stored", flush=True)
     summary = submit_ingest(args.tenant)
     print("ingest summary:", json.dumps(summary))
-    ask(args.query or list(DEFAULT_QUERIES), args.tenant)
+    ask(args.query or list(DEFAULT_QUERIES), api_key)
     print("\nRay dashboard: http://127.0.0.1:8265  (jobs, Ray Data progress, Serve)")
     return 0
 

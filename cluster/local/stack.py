@@ -45,6 +45,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -60,6 +61,7 @@ from cluster.local.defaults import (
     LOOPBACK,
     REPO_ROOT,
 )
+from cluster.local.demo_key import DEMO_TENANT, ensure_demo_key
 from cluster.local.errors import PortInUseError, ServerStartError, StackError
 from cluster.local.ports import PORTS, PortSetting, check_port_free, free_port, port_answers
 from cluster.local.postgres_server import PostgresServer, find_postgres_bindir, start_postgres
@@ -150,9 +152,11 @@ def stack_env(state_dir: Path, handles: Mapping[str, ServerHandle]) -> dict[str,
     return env
 
 
-def write_env_file(state_dir: Path, env: Mapping[str, str], ray: RayHead | None, serve_url: str | None) -> Path:
-    """Write ``<state_dir>/env``: one ``export NAME=value`` line per setting, plus the Ray and Serve addresses and
-    ``SLUICE_METRICS_URL`` (the head's Prometheus endpoint, when its metrics port is known).
+def write_env_file(state_dir: Path, env: Mapping[str, str], ray: RayHead | None, serve_url: str | None,
+                   api_key: str | None = None) -> Path:
+    """Write ``<state_dir>/env``: one ``export NAME=value`` line per setting, plus the Ray and Serve addresses,
+    ``SLUICE_METRICS_URL`` (the head's Prometheus endpoint, when its metrics port is known) and ``SLUICE_API_KEY``
+    (the demo tenant's admin key, when given). The file is readable by its owner only: it holds that key.
 
     Returns:
         The path of the file (``source`` it to point commands at the stack).
@@ -184,8 +188,18 @@ def write_env_file(state_dir: Path, env: Mapping[str, str], ray: RayHead | None,
     if serve_url:
         lines.append(f"export SLUICE_SERVE_URL={serve_url}")
         lines.append(f"export SLUICE_URL={serve_url}")  # what the sluice client reads
+    if api_key:
+        lines += [
+            f"# An admin key of the tenant {DEMO_TENANT!r} (the sluice command and curl send it as Authorization: Bearer);",
+            "# make others with: python -m jobs.keys create --tenant T --role reader|writer|admin",
+            f"export SLUICE_TENANT={DEMO_TENANT}",
+            f"export SLUICE_API_KEY={_shell_quote(api_key)}",
+        ]
     path = state_dir / "env"
-    path.write_text("\n".join(lines) + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
     return path
 
 
@@ -266,7 +280,15 @@ def _cmd_up(state_dir: Path, with_ray: bool, with_serve: bool, serve_config: Pat
             if not serve_url.endswith(f":{PORTS['serve'].value()}"):
                 print(f"  serve     note: {serve_config} sets http_options.port; {PORTS['serve'].env_var} is not used")
 
-    env_path = write_env_file(state_dir, stack_env(state_dir, handles), ray, serve_url)  # type: ignore[arg-type]
+    api_key = None
+    if "postgres" in handles:
+        try:
+            api_key = ensure_demo_key(state_dir, stack_env(state_dir, handles))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"  keys      FAILED to make the demo key: {exc}", file=sys.stderr)
+            write_env_file(state_dir, stack_env(state_dir, handles), ray, serve_url)  # type: ignore[arg-type]
+            return 1
+    env_path = write_env_file(state_dir, stack_env(state_dir, handles), ray, serve_url, api_key)  # type: ignore[arg-type]
     print("Everything was already running; nothing to do." if not started_any else "Local stack is up.")
     print(f"Environment: source {env_path}")
     if ray is not None:
@@ -276,6 +298,8 @@ def _cmd_up(state_dir: Path, with_ray: bool, with_serve: bool, serve_config: Pat
               "Metrics: this head was started before its metrics port was fixed; `make down && make up` fixes it")
     if serve_url:
         print(f"Serve HTTP: {serve_url}")
+    if api_key:
+        print(f"API key: SLUICE_API_KEY in {env_path} (admin of tenant {DEMO_TENANT!r})")
     return 0
 
 

@@ -211,12 +211,20 @@ class VectorStore:
             self.backend.upsert(self.collection, list(points))
 
     def delete(self, flt: models.Filter) -> None:
-        """Delete every point matching ``flt``."""
-        self.backend.update(self.collection, [_delete(flt)])
+        """Delete every point matching ``flt`` (none when nothing was ever ingested: no collection yet)."""
+        self._update_existing([_delete(flt)])
 
     def set_payload(self, flt: models.Filter, payload: dict[str, Any]) -> None:
         """Set payload fields on every point matching ``flt`` (its other fields stay)."""
-        self.backend.update(self.collection, [_set(payload, flt)])
+        self._update_existing([_set(payload, flt)])
+
+    def _update_existing(self, operations: list) -> None:
+        # A collection that does not exist holds no point: a delete or flag change of uploaded documents that
+        # were never ingested has nothing to change (it used to fail the call with a 500).
+        try:
+            self.backend.update(self.collection, operations)
+        except CollectionNotFoundError:
+            logger.info("no collection %r yet: nothing to update", self.collection)
 
     def set_metadata(self, document_id: str, versions: Sequence[int], metadata: dict[str, Any]) -> None:
         """Replace the user metadata (payload ``metadata``) of the points of these versions of a document."""

@@ -46,13 +46,24 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.TransportError, _Retryable))
 
 
+def _credential_owner(api_key: str) -> str:
+    """What names the resume state of a client given no tenant: an API key's id (``key:<id>``, public), or a
+    digest of a token; never the secret."""
+    parts = api_key.split("_")
+    if len(parts) == 3 and parts[0] == "sluice":
+        return f"key:{parts[1]}"
+    return "token:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
 class SluiceClient:
     """Calls one Sluice server as one tenant.
 
     Args:
         url: the server's base URL (``http://127.0.0.1:8000``).
-        tenant: sent as ``X-User-ID``.
-        api_key: sent as ``Authorization: Bearer <key>`` when given (for a server that requires one).
+        tenant: the caller's tenant: names its resume state; sent as ``X-User-ID`` only without a key (for a
+            development gateway in ``trusted_header`` mode); may be empty when ``api_key`` is given.
+        api_key: an API key or token, sent as ``Authorization: Bearer <key>`` (README, "Security"): it names the
+            caller's tenant and role.
         timeout_s: seconds per request (connect, read, write).
         attempts: tries per request, the first included.
         transport: an ``httpx`` transport (a seam for tests: ``httpx.MockTransport``).
@@ -64,15 +75,15 @@ class SluiceClient:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url={url!r} must start with http:// or https://")
-        if not tenant:
-            raise ValueError("tenant is empty: pass --tenant or set SLUICE_TENANT")
+        if not tenant and not api_key:
+            raise ValueError("no credential: set SLUICE_API_KEY (or pass --api-key)")
         if attempts < 1:
             raise ValueError(f"attempts={attempts} must be at least 1")
         self.url = url.rstrip("/")
-        self.tenant = tenant
+        self.tenant = tenant or _credential_owner(api_key or "")
         self.attempts = attempts
         self.max_wait_s = max_wait_s
-        headers = {"X-User-ID": tenant} | ({"Authorization": f"Bearer {api_key}"} if api_key else {})
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {"X-User-ID": tenant}
         self.http = httpx.Client(
             base_url=self.url, timeout=timeout_s, transport=transport, headers=headers,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),

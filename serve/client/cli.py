@@ -3,8 +3,9 @@
     sluice upload PATH... [--to PREFIX] [--parallel 4] [--jobs 4] [--transfer direct|proxy] [--json]
     sluice search "query" [--top-k 10] [--mode hybrid|dense|sparse] [--prefix P] [--json]
 
-The server is ``--url`` or ``$SLUICE_URL`` (default http://127.0.0.1:8000); the caller is ``--tenant`` or
-``$SLUICE_TENANT``; ``$SLUICE_API_KEY`` (or ``--api-key``), when set, is sent as ``Authorization: Bearer``.
+The server is ``--url`` or ``$SLUICE_URL`` (default http://127.0.0.1:8000); the credential is ``$SLUICE_API_KEY``
+(or ``--api-key``), sent as ``Authorization: Bearer``: it names the tenant (``make up`` writes one for the tenant
+``demo`` into ``.sluice/env``).
 ``upload`` sends files and folders (a folder keeps its name: ``docs/a.md`` under ``--to kb`` becomes
 ``kb/docs/a.md``), resumes uploads an earlier run left unfinished (state in ``$SLUICE_STATE_FILE``, by default
 ``~/.local/state/sluice/uploads.json``), and prints one line per file. Exit status: 0 when every file is stored, 1
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default=os.environ.get("SLUICE_URL", DEFAULT_URL),
                         help="server base URL (default: $SLUICE_URL or %(default)s)")
     parser.add_argument("--tenant", default=os.environ.get("SLUICE_TENANT", ""),
-                        help="your tenant, sent as X-User-ID (default: $SLUICE_TENANT)")
+                        help="your tenant: names the resume state (default: $SLUICE_TENANT; the key names the tenant "
+                        "the server uses)")
     parser.add_argument("--api-key", default=os.environ.get("SLUICE_API_KEY") or None,
                         help="sent as Authorization: Bearer (default: $SLUICE_API_KEY; prefer it, a command line shows in ps)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")

@@ -31,7 +31,7 @@ class Client(SluiceClient):
 
     Args:
         url: the server's base URL (``http://127.0.0.1:8000``).
-        tenant: the caller, sent as ``X-User-ID``.
+        tenant: the caller's tenant (names the resume state; may be empty with ``api_key``).
         api_key: sent as ``Authorization: Bearer <key>`` when given. Unlike the command, the library does not read
             ``SLUICE_API_KEY`` itself: a program decides where its secrets come from.
         timeout_s: seconds per request. transport: an ``httpx`` transport (tests: ``httpx.MockTransport``).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -104,3 +104,66 @@ class Liveness(BaseModel):
     """``GET /v1/healthz``: the process is up."""
 
     status: str
+
+
+class KeyRequest(BaseModel):
+    """``POST /v1/keys``: a new API key of the caller's tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["reader", "writer", "admin"]
+    name: str = Field(default="", max_length=200)
+    expires_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class KeyView(BaseModel):
+    """One API key as ``GET /v1/keys`` shows it (never its secret)."""
+
+    key_id: str
+    tenant: str
+    role: str
+    name: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+
+
+class KeyCreated(KeyView):
+    """``POST /v1/keys``: the record and the key itself, shown this once."""
+
+    key: str
+
+
+class AuditEntry(BaseModel):
+    """One event of ``GET /v1/audit`` (newest first)."""
+
+    id: int
+    at: str
+    request_id: str
+    subject: str
+    tenant: str
+    role: str
+    action: str
+    target: str
+    outcome: str
+    status: int
+
+
+class UsageLimits(BaseModel):
+    """The limits of a tenant (0: none)."""
+
+    max_tenant_bytes: int
+    max_open_uploads: int
+    rate_limit_key_rps: int
+    rate_limit_tenant_rps: int
+
+
+class UsageView(BaseModel):
+    """``GET /v1/usage``: the tenant's storage and uploads now, and its limits."""
+
+    tenant: str
+    bytes_stored: int
+    bytes_reserved: int
+    documents: int
+    uploads_open: int
+    limits: UsageLimits

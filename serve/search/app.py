@@ -2,8 +2,9 @@
 
 Two deployments (Ray Serve documentation, "Deploy Compositions of Models"):
 
-* ``SearchAPI``, the FastAPI ingress: reads the tenant (``X-User-ID``) and validates the body, then calls the
-  searcher through a ``DeploymentHandle``. Light, so one replica takes many requests at once.
+* ``SearchAPI``, the FastAPI ingress: authenticates the caller (``serve.auth``: a reader of its tenant) and
+  validates the body, then calls the searcher through a ``DeploymentHandle``. Light, so one replica takes many
+  requests at once.
 * ``Searcher``: one :class:`SearchEngine` per replica (the model loads once). Query embeddings of concurrent
   requests are encoded together by ``@serve.batch``. Its ``max_ongoing_requests`` bounds the searches a replica
   runs at once and its ``max_queued_requests`` the requests waiting for one; past that the handle raises
@@ -21,7 +22,7 @@ import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
@@ -30,10 +31,12 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from core import metrics
+from core.access import Principal, Role
 from core.errors import ServiceUnavailableError
 from core.settings import Settings
-from serve.http import ApiError, install_common_handlers, read_json_body, tenant_of, validation_detail
+from serve.http import ApiError, install_common_handlers, read_json_body, validation_detail
 from serve import openapi
+from serve.auth import Authenticator, allow
 from serve.search.engine import SearchEngine
 from serve.search.models import BatchAnswer, SearchAnswer
 from serve.search.query import BatchRequest, SearchRequest
@@ -184,10 +187,12 @@ class SearchAPI:
 
     Args:
         searcher: the handle of the :class:`Searcher` deployment.
+        settings_overrides: ``Settings`` fields that override the environment (the authentication settings).
     """
 
-    def __init__(self, searcher: DeploymentHandle) -> None:
+    def __init__(self, searcher: DeploymentHandle, settings_overrides: dict[str, Any] | None = None) -> None:
         self.searcher = searcher
+        api.state.auth = Authenticator(Settings(**(settings_overrides or {})))
 
     async def _call(self, method: str, *args: Any) -> Any:
         response = getattr(self.searcher, method).remote(*args)
@@ -203,9 +208,9 @@ class SearchAPI:
             return _error(503, "timeout", f"the search took over {SEARCH_TIMEOUT_S:.0f} s", **{"Retry-After": str(RETRY_AFTER_S)})
 
     @api.post("/", response_model=SearchAnswer, responses=_ERRORS, openapi_extra=openapi.json_body(SearchRequest))
-    async def search(self, request: Request) -> JSONResponse:
+    async def search(self, request: Request, caller: Principal = Depends(allow(Role.READER))) -> JSONResponse:
         """Answer one query (body: :class:`SearchRequest`)."""
-        tenant = tenant_of(request)
+        tenant = caller.tenant
         body = await _body(request, SearchRequest)
         if isinstance(body, JSONResponse):
             return body
@@ -217,7 +222,7 @@ class SearchAPI:
         return JSONResponse(answer)
 
     @api.post("/batch", response_model=BatchAnswer, responses=_ERRORS, openapi_extra=openapi.json_body(BatchRequest))
-    async def search_batch(self, request: Request) -> JSONResponse:
+    async def search_batch(self, request: Request, caller: Principal = Depends(allow(Role.READER))) -> JSONResponse:
         """Answer up to ``MAX_BATCH_QUERIES`` queries at once (body: :class:`BatchRequest`).
 
         Returns:
@@ -225,7 +230,7 @@ class SearchAPI:
             it, or ``{"error", "detail"}`` for a query that failed.
         """
         started = time.perf_counter()
-        tenant = tenant_of(request)
+        tenant = caller.tenant
         body = await _body(request, BatchRequest)
         if isinstance(body, JSONResponse):
             return body
@@ -272,4 +277,5 @@ def build_app(args: dict[str, Any]) -> Application:
     searcher = Searcher.options(**parsed.searcher.model_dump(exclude_none=True)).bind(
         parsed.settings_overrides or None, parsed.max_batch_size, parsed.batch_wait_timeout_s
     )
-    return SearchAPI.options(**parsed.ingress.model_dump(exclude_none=True)).bind(searcher)
+    return SearchAPI.options(**parsed.ingress.model_dump(exclude_none=True)).bind(
+        searcher, parsed.settings_overrides or None)

@@ -180,15 +180,19 @@ class SearchEngine:
         started = time.perf_counter()
         if self.settings.search_cache_ttl_s <= 0:
             return None, None
-        generation = self.cache.generation()
+        generation = self.cache.tenant_generation(tenant)
         if generation is None:
             return None, None
         key = self.cache.key("search", generation, self.cache_params(tenant, req))
-        hit = self.cache.get_json(key)
-        metrics.search_cache(hit is not None)
-        if hit is None:
+        cached = self.cache.get_json(key)
+        if cached is not None and (not isinstance(cached, dict) or cached.get("tenant") != tenant):
+            # The key names the tenant, so this is an entry of another form or a collision: never shown.
+            logger.error("ignored a cached answer of another tenant or form under %s", key)
+            cached = None
+        metrics.search_cache(cached is not None)
+        if cached is None:
             return key, None
-        answer = {"results": self._fence(tenant, [hit])[0], "took_ms": _ms(started), "cached": True}
+        answer = {"results": self._fence(tenant, [cached["results"]])[0], "took_ms": _ms(started), "cached": True}
         metrics.search_answered(req.mode, answer)
         return key, answer
 
@@ -312,7 +316,7 @@ class SearchEngine:
         for req, results, key in zip(reqs, lists, keys):
             self._link_previews(tenant, results)
             if key is not None:
-                self.cache.set_json(key, results)
+                self.cache.set_json(key, {"tenant": tenant, "results": results})
             out.append({"results": results, "took_ms": _ms(started), "cached": False})
             metrics.search_answered(req.mode, out[-1])
         return out

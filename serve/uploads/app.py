@@ -1,6 +1,7 @@
 """Serve application ``uploads``: resumable, checksummed, multipart uploads into S3 (FastAPI ingress).
 
-Routes (docs/DESIGN.md, "Interfaces (contract)"), all for the caller named by ``X-User-ID``; another tenant's upload is 404:
+Routes (docs/DESIGN.md, "Interfaces (contract)"), each for the caller its credential names (``serve.auth``: reading
+needs ``reader``, the rest ``writer``); another tenant's upload is 404:
 
 - ``POST /v1/uploads``: create (201), or 200 ``deduplicated`` when the SHA-256 equals the latest version's.
 - ``PUT /v1/uploads/{id}/parts/{n}``: one part, streamed, checked against ``Content-MD5``/``X-Checksum-SHA256``.
@@ -23,12 +24,13 @@ import logging
 import os
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
+from core.access import Principal, Role
 from core.errors import InvalidPathError, ServiceUnavailableError
 from core.settings import Settings
 from core.uploads import (
@@ -45,10 +47,11 @@ from core.uploads import (
     UploadTooLargeError,
     WrongTransferError,
 )
-from serve.http import (ApiError, ContractPaths, checked_metadata, install_common_handlers, read_json_body, tenant_of,
-                        validation_detail)
+from serve.http import (ApiError, ContractPaths, checked_metadata, install_common_handlers, public_detail,
+                        read_json_body, validation_detail)
 from serve.uploads.body import ByteBudget, NativeMemory, check_declared_length, parse_digests, read_part, verify
 from serve import openapi
+from serve.auth import Authenticator, allow
 from serve.uploads.models import (CreateUpload, PartStored, PartUrls, PartUrlsRequest, UploadCompleted, UploadCreated,
                                   UploadDeduplicated, UploadList, UploadStatus, check_path_characters)
 
@@ -158,6 +161,7 @@ class UploadsAPI:
         self.settings = Settings(**(settings_overrides or {}))
         self.max_part_bytes = max_part_bytes
         self.service = UploadService(self.settings)
+        api.state.auth = Authenticator(self.settings, self.service.catalog)
         self.budget = ByteBudget(part_memory_bytes or 4 * self.settings.upload_part_size)
         self.complete_wait_s = complete_wait_s
         self.native_memory = NativeMemory()
@@ -187,6 +191,23 @@ class UploadsAPI:
             raise ApiError(404, "upload_not_found", "no such upload")
         return upload
 
+    async def _check_quotas(self, tenant: str, size: int) -> None:
+        """Refuse an upload past the tenant's open uploads (429) or bytes (413) limit (``core.quotas``)."""
+        s = self.settings
+        if not (s.max_open_uploads or s.max_tenant_bytes):
+            return
+        usage = await self._call(self.service.catalog.tenant_usage, tenant)
+        if s.max_open_uploads and usage.uploads_open >= s.max_open_uploads:
+            raise ApiError(429, "too_many_uploads", f"this tenant has {usage.uploads_open} uploads open, the most it "
+                           "may have: complete or abort some first",
+                           extra={"limit": "max_open_uploads", "max": s.max_open_uploads, "used": usage.uploads_open},
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        used = usage.bytes_stored + usage.bytes_reserved
+        if s.max_tenant_bytes and used + size > s.max_tenant_bytes:
+            raise ApiError(413, "quota_exceeded", f"this tenant stores {used} bytes (open uploads included); "
+                           f"{size} more would pass its limit of {s.max_tenant_bytes}",
+                           extra={"limit": "max_tenant_bytes", "max": s.max_tenant_bytes, "used": used})
+
     async def _call(self, fn, *args, **kwargs):
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
@@ -195,10 +216,10 @@ class UploadsAPI:
 
     @api.post(PREFIX, status_code=201, response_model=UploadCreated, openapi_extra=openapi.json_body(CreateUpload),
               responses={200: {"model": UploadDeduplicated, "description": "The bytes equal the latest version's."},
-                         **openapi.errors(400, 401, 409, 413, 422, 503)})
-    async def create(self, request: Request) -> JSONResponse:
+                         **openapi.errors(400, 401, 409, 413, 422, 429, 503)})
+    async def create(self, request: Request, caller: Principal = Depends(allow(Role.WRITER))) -> JSONResponse:
         """Create an upload: validate, then start the S3 multipart upload while reading the catalog."""
-        tenant = tenant_of(request)
+        tenant = caller.tenant
         body = await _create_body(request)
         try:
             upload = self.service.prepare(
@@ -215,6 +236,7 @@ class UploadsAPI:
         if upload.part_size > self.max_part_bytes:
             raise ApiError(413, "too_large", f"parts of {upload.part_size} bytes would be needed; this server takes "
                            f"parts of at most {self.max_part_bytes} bytes")
+        await self._check_quotas(tenant, upload.size)
         started, latest = await asyncio.gather(
             asyncio.to_thread(self.service.start_multipart, upload),
             asyncio.to_thread(self.service.store.latest_version, tenant, upload.path),
@@ -240,6 +262,7 @@ class UploadsAPI:
         except ServiceUnavailableError as exc:
             await asyncio.to_thread(self.service.discard_multipart, upload, started)
             raise api_error(exc) from None
+        request.state.audit_target = stored.upload_id
         logger.info("upload %s created for %s/%s: %d bytes in %d parts", stored.upload_id, tenant, stored.path,
                     stored.size, stored.part_count)
         return JSONResponse(
@@ -250,9 +273,11 @@ class UploadsAPI:
         )
 
     @api.get(PREFIX, response_model=UploadList, responses=openapi.errors(401, 422, 503))
-    async def list_uploads(self, request: Request, status: str | None = None, limit: int = 100) -> JSONResponse:
+    async def list_uploads(self, request: Request,
+                           caller: Principal = Depends(allow(Role.READER)), status: str | None = None,
+                           limit: int = 100) -> JSONResponse:
         """The caller's uploads, newest first."""
-        tenant = tenant_of(request)
+        tenant = caller.tenant
         if status is not None and status not in STATUSES:
             raise ApiError(422, "invalid_request", f"status must be one of {', '.join(STATUSES)}")
         if not 1 <= limit <= 1000:
@@ -269,9 +294,10 @@ class UploadsAPI:
              responses=openapi.errors(400, 401, 404, 409, 413, 502, 503),
              openapi_extra=openapi.raw_body("application/octet-stream", "the part's bytes, with Content-MD5 (base64) or "
                                             "X-Checksum-SHA256 (hex)"))
-    async def put_part(self, upload_id: str, part_number: str, request: Request) -> JSONResponse:
+    async def put_part(self, upload_id: str, part_number: str, request: Request,
+                       caller: Principal = Depends(allow(Role.WRITER))) -> JSONResponse:
         """Receive one part: size and digest checked before S3 sees it; recorded only after S3 stored it."""
-        tenant = tenant_of(request)
+        tenant = caller.tenant
         number = _part_number(part_number)
         digests = parse_digests(request)
         upload = await self._upload(upload_id, tenant)
@@ -295,10 +321,11 @@ class UploadsAPI:
 
     @api.post(PREFIX + "/{upload_id}/part-urls", response_model=PartUrls, openapi_extra=openapi.json_body(PartUrlsRequest),
               responses=openapi.errors(400, 401, 404, 409, 413, 422, 503))
-    async def part_urls(self, upload_id: str, request: Request) -> JSONResponse:
+    async def part_urls(self, upload_id: str, request: Request,
+                        caller: Principal = Depends(allow(Role.WRITER))) -> JSONResponse:
         """Presigned S3 URLs for parts of a ``direct`` upload, each for the MD5 declared for it (409
         ``wrong_transfer`` for a proxied upload). Signing a part again gives a new URL and replaces its MD5."""
-        tenant = tenant_of(request)
+        tenant = caller.tenant
         body = await _part_urls_body(request)
         upload = await self._upload(upload_id, tenant)
         if upload.status != "pending":
@@ -311,23 +338,33 @@ class UploadsAPI:
         return JSONResponse({"parts": signed})
 
     @api.get(PREFIX + "/{upload_id}", response_model=UploadStatus, responses=openapi.errors(401, 404, 503))
-    async def status(self, upload_id: str, request: Request) -> JSONResponse:
+    async def status(self, upload_id: str, request: Request,
+                     caller: Principal = Depends(allow(Role.READER))) -> JSONResponse:
         """Status, received and missing parts, bytes received; the outcome once final."""
-        upload = await self._upload(upload_id, tenant_of(request))
-        return JSONResponse(await self._call(self.service.describe, upload))
+        upload = await self._upload(upload_id, caller.tenant)
+        body = await self._call(self.service.describe, upload)
+        if body.get("error"):
+            body["error"] = public_detail(body["error"], bucket=self.settings.s3_bucket)
+        return JSONResponse(body)
 
     @api.post(PREFIX + "/{upload_id}/complete", response_model=UploadCompleted,
               responses=openapi.errors(401, 404, 409, 422, 503))
-    async def complete(self, upload_id: str, request: Request) -> JSONResponse:
+    async def complete(self, upload_id: str, request: Request,
+                       caller: Principal = Depends(allow(Role.WRITER))) -> JSONResponse:
         """Complete (one at a time per upload); a second call returns the first answer."""
-        tenant = tenant_of(request)
+        tenant = caller.tenant
         answer = await self._call(self.service.complete, tenant, upload_id, wait_s=self.complete_wait_s)
-        return JSONResponse(answer.body, status_code=answer.status_code)
+        body = dict(answer.body)
+        if answer.status_code >= 400 and isinstance(body.get("detail"), str):
+            body["detail"] = public_detail(body["detail"], reason=str(body.get("error", "")),
+                                           bucket=self.settings.s3_bucket)
+        return JSONResponse(body, status_code=answer.status_code)
 
     @api.delete(PREFIX + "/{upload_id}", status_code=204, responses=openapi.errors(401, 404, 409, 503))
-    async def abort(self, upload_id: str, request: Request) -> Response:
+    async def abort(self, upload_id: str, request: Request,
+                    caller: Principal = Depends(allow(Role.WRITER))) -> Response:
         """Abort: the S3 multipart upload is aborted and the part rows deleted (204; again: 204)."""
-        tenant = tenant_of(request)
+        tenant = caller.tenant
         await self._call(self.service.abort, tenant, upload_id)
         return Response(status_code=204)
 

@@ -31,6 +31,15 @@ def test_generations_are_per_collection(make_settings):
     assert (a.generation(), b.generation()) == (1, 0)
 
 
+def test_a_tenants_generation_moves_alone_and_with_the_collections(cache):
+    before = {t: cache.tenant_generation(t) for t in ("acme", "globex")}
+    assert before == {"acme": "0.0", "globex": "0.0"}
+    assert cache.bump_generation("acme") == 1
+    assert (cache.tenant_generation("acme"), cache.tenant_generation("globex")) == ("0.1", "0.0")
+    cache.bump_generation()  # a change of unknown scope: every tenant's answers go
+    assert (cache.tenant_generation("acme"), cache.tenant_generation("globex")) == ("1.1", "1.0")
+
+
 def test_answer_keys_depend_on_generation_and_every_parameter(cache):
     params = {"tenant": "acme", "request": {"query": "q", "top_k": 10}}
     key = cache.key("search", 3, params)

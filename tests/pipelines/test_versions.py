@@ -293,3 +293,17 @@ def test_another_model_is_refused_even_with_the_same_dimension(settings, tmp_pat
     with pytest.raises(ConfigurationError) as info:
         run_ingest(other, tenant="nobody")
     assert "jobs.reindex" in str(info.value) and settings.text_model in str(info.value)
+
+
+def test_a_scan_registers_no_object_under_a_name_that_is_not_a_canonical_tenant(settings, catalog):
+    from pipelines.source import scan_objects
+
+    objects = ObjectStore(settings)
+    for key in ("Acme/a.md", "admin/b.md", "ａｃｍｅ/c.md", "a..b/d.md", "canonical-one/e.md"):
+        objects.put_bytes(key, b"# Some text\n\nabout something.\n")
+    report = scan_objects(objects, catalog, tenant=None)
+    assert report.rejected >= 4  # the bucket is the module's: other tests' objects are all canonical
+    assert {d.tenant for d in catalog.documents(None, include_deleted=False)} & {"Acme", "admin", "ａｃｍｅ", "a..b"} == set()
+    assert catalog.get_document(document_id("canonical-one", "e.md")) is not None
+    with pytest.raises(Exception, match="not canonical"):
+        document_id("Acme", "a.md")

@@ -15,6 +15,7 @@ from serve.client.api import SluiceClient
 from serve.client.cli import main
 from serve.client.state import StateFile
 from serve.client.uploader import Uploader, file_digests, file_sha256, plan
+from tests.auth import make_key
 from tests.serve.upload_helpers import PART, MiB, Uploads, settings_overrides
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,8 @@ def folder(tmp_path) -> Path:
 
 
 def sluice(base_url: str, tenant: str, state: Path, *args: str) -> int:
-    return main(["--url", base_url, "--tenant", tenant, "upload", *args, "--state-file", str(state), "--no-progress"])
+    return main(["--url", base_url, "--tenant", tenant, "--api-key", make_key(tenant, "writer"), "upload", *args,
+                 "--state-file", str(state), "--no-progress"])
 
 
 def test_uploading_a_folder_keeps_its_layout(base_url, tenant, folder, objects, tmp_path, capsys):
@@ -80,7 +82,7 @@ def test_an_interrupted_upload_resumes_with_the_missing_parts(base_url, tenant, 
             self._fail_after_two()
             return super().put_presigned(signed, data)
 
-    with Flaky(base_url, tenant, attempts=1) as flaky, pytest.raises(httpx.ConnectError):
+    with Flaky(base_url, tenant, api_key=make_key(tenant, "writer"), attempts=1) as flaky, pytest.raises(httpx.ConnectError):
         Uploader(flaky, state, parallel=1, transfer=transfer).upload(local, "big/large.bin")
     (entry,) = json.loads(state.path.read_text()).values()
     server = Uploads(base_url, tenant)
@@ -115,7 +117,7 @@ def test_a_file_changed_since_the_interruption_starts_over(base_url, tenant, tmp
     local = tmp_path / "notes.txt"
     local.write_bytes(b"first draft")
     state = StateFile(tmp_path / "state.json")
-    with SluiceClient(base_url, tenant) as client:
+    with SluiceClient(base_url, tenant, api_key=make_key(tenant, "writer")) as client:
         created = client.create_upload("notes.txt", local.stat().st_size)
     state.put(StateFile.key(base_url, tenant, "notes.txt"),
               {"local": str(local.resolve()), "size": 11, "mtime_ns": 1, "upload_id": created["upload_id"], "sha256": "0" * 64})
@@ -143,11 +145,15 @@ def test_a_refused_file_is_reported_and_the_others_go_on(base_url, tenant, tmp_p
     assert objects.get_bytes(f"{tenant}/{prefix}/ok.txt") == b"fine"
 
 
+#: A key as ``python -m jobs.keys`` shapes them (the mock server never checks it).
+KEY = "sluice_0123456789abcdef_" + "k" * 43
+
+
 def test_search_prints_ranked_results():
     seen = {}
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen["tenant"] = request.headers["X-User-ID"]
+        seen["authorization"] = request.headers["Authorization"]
         seen["body"] = json.loads(request.content)
         return httpx.Response(200, json={"results": [
             {"point_id": "p", "document_id": "d", "version": 2, "path": "guide/rivers.md", "modality": "text",
@@ -159,10 +165,10 @@ def test_search_prints_ranked_results():
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["--url", "http://sluice.test", "--tenant", "acme", "search", "river", "--top-k", "3"],
+        code = main(["--url", "http://sluice.test", "--api-key", KEY, "search", "river", "--top-k", "3"],
                     transport=httpx.MockTransport(handler))
     assert code == 0
-    assert seen == {"tenant": "acme", "body": {"query": "river", "top_k": 3, "mode": "hybrid"}}
+    assert seen == {"authorization": f"Bearer {KEY}", "body": {"query": "river", "top_k": 3, "mode": "hybrid"}}
     assert "guide/rivers.md" in out.getvalue() and "The Danube flows through ten countries." in out.getvalue()
 
 
@@ -205,6 +211,6 @@ def test_an_unreachable_s3_fails_the_file_with_a_hint_and_not_the_run(base_url, 
             return [dict(p, url=str(httpx.URL(p["url"]).copy_with(port=unused_port))) for p in signed]
 
     (tmp_path / "f.bin").write_bytes(os.urandom(PART + 1))
-    with ElsewhereS3(base_url, tenant, attempts=1) as client:
+    with ElsewhereS3(base_url, tenant, api_key=make_key(tenant, "writer"), attempts=1) as client:
         result = Uploader(client, StateFile(tmp_path / "s.json")).upload(tmp_path / "f.bin", "f.bin")
     assert not result.ok and "SLUICE_S3_PUBLIC_URL" in result.error and "--transfer proxy" in result.error

@@ -13,6 +13,7 @@ from core.objects import ObjectStore
 from pipelines.ingest import run_ingest
 from serve.client import ApiAnswerError, Client
 from serve.client.cli import main
+from tests.auth import make_key
 from tests.serve.upload_helpers import PART, new_tenant, settings_overrides
 
 RIVERS = "# Rivers\n\nThe Danube flows through ten countries before it reaches the Black Sea.\n"
@@ -41,7 +42,7 @@ def test_upload_search_and_manage_documents(stack, tmp_path):
     (tmp_path / "docs" / "rivers.md").write_text(RIVERS)
     (tmp_path / "docs" / "parts.md").write_text(PARTS)
     (tmp_path / "empty.txt").write_bytes(b"")
-    with Client(base, tenant, state_file=tmp_path / "state.json") as client:
+    with Client(base, tenant, api_key=make_key(tenant), state_file=tmp_path / "state.json") as client:
         results = client.upload([tmp_path / "docs"], prefix="kb", metadata={"dept": "ops"})
         assert [(r.remote, r.ok, r.version) for r in results] == [("kb/docs/parts.md", True, 1),
                                                                      ("kb/docs/rivers.md", True, 1)]
@@ -86,11 +87,11 @@ def test_an_interrupted_upload_is_resumed_by_the_next_call(stack, tmp_path):
             Flaky.sent += 1
             return super().put_presigned(signed, data)
 
-    with Flaky(base, tenant, attempts=1, state_file=tmp_path / "state.json") as flaky, pytest.raises(httpx.ConnectError):
+    with Flaky(base, tenant, api_key=make_key(tenant), attempts=1, state_file=tmp_path / "state.json") as flaky, pytest.raises(httpx.ConnectError):
         flaky.upload([tmp_path / "large.bin"], parallel=1)
     assert len(json.loads((tmp_path / "state.json").read_text())) == 1
 
-    with Client(base, tenant, state_file=tmp_path / "state.json") as client:
+    with Client(base, tenant, api_key=make_key(tenant), state_file=tmp_path / "state.json") as client:
         (result,) = client.upload([tmp_path / "large.bin"])
     assert result.ok and result.resumed and result.version == 1
     assert ObjectStore(settings).get_bytes(f"{tenant}/large.bin") == data
@@ -113,7 +114,7 @@ def test_the_api_key_is_sent_as_a_bearer_token_and_errors_raise(monkeypatch):
         client.search("q", offset=10, path_prefix="kb/")
         with pytest.raises(ApiAnswerError, match="not_found"):
             client.document("x")
-    assert seen[0].headers["Authorization"] == "Bearer s3cret" and seen[0].headers["X-User-ID"] == "acme"
+    assert seen[0].headers["Authorization"] == "Bearer s3cret" and "X-User-ID" not in seen[0].headers
     assert json.loads(seen[0].content) == {"query": "q", "top_k": 10, "mode": "hybrid", "offset": 10,
                                            "filters": {"path_prefix": "kb/"}}
     with Client("http://sluice.test", "acme", transport=_recorder(seen)) as client:

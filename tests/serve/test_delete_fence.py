@@ -129,7 +129,7 @@ def test_a_cached_answer_from_before_a_delete_whose_generation_bump_failed_hides
     engine = SearchEngine(settings)
     for ask in _asks():
         assert gone in _ids(engine.search(tenant, ask)), ask.mode
-    monkeypatch.setattr(Cache, "bump_generation", lambda self: None)  # Redis refuses the bump
+    monkeypatch.setattr(Cache, "bump_generation", lambda self, tenant=None: None)  # Redis refuses the bump
     monkeypatch.setattr(lifecycle, "GENERATION_BACKOFF_S", 0.0)
     with pytest.raises(ServiceUnavailableError) as refused:  # the HTTP call answers 503: repeat it
         lifecycle.delete_document(settings, gone)

@@ -12,6 +12,7 @@ from core.objects import ObjectStore
 from core.vectorstore import VectorStore
 from pipelines.ingest import run_ingest
 from serve.documents.app import build_app
+from tests.auth import bearer
 from tests.pipelines.support import tiny_model
 
 pytestmark = pytest.mark.integration
@@ -37,14 +38,14 @@ def api(serve_http, make_settings, tmp_path_factory):
 
 
 def _get(client, path, tenant=TENANT):
-    return client.get(path, headers={"X-User-ID": tenant})
+    return client.get(path, headers=bearer(tenant))
 
 
 def test_a_document_and_its_versions(api):
     settings, client = api
     doc = document_id(TENANT, "a.md")
     answer = _get(client, f"/v1/documents/{doc}")
-    assert answer.status_code == 200 and "x-request-id" in answer.headers
+    assert answer.status_code == 200 and "x-request-id" in answer.headers, answer.text
     assert answer.json() | {} == {**answer.json(), "document_id": doc, "path": "a.md", "latest_version": 2, "status": "indexed"}
     versions = _get(client, f"/v1/documents/{doc}/versions").json()
     assert [(v["version"], v["status"], v["is_latest"], v["restorable"]) for v in versions] == [
@@ -54,26 +55,26 @@ def test_a_document_and_its_versions(api):
 def test_another_tenant_gets_404_everywhere(api):
     _, client = api
     doc = document_id(TENANT, "a.md")
-    headers = {"X-User-ID": OTHER}
+    headers = bearer(OTHER)
     for method, path in (("GET", f"/v1/documents/{doc}"), ("GET", f"/v1/documents/{doc}/versions"),
                          ("POST", f"/v1/documents/{doc}/versions/1/restore"), ("DELETE", f"/v1/documents/{doc}"),
                          ("GET", "/v1/documents/not-a-uuid")):
         answer = client.request(method, path, headers=headers)
         assert answer.status_code == 404, (method, path)
         assert answer.json()["error"] == "not_found"
-    assert client.get(f"/v1/documents/{doc}").status_code == 401  # no X-User-ID
+    assert client.get(f"/v1/documents/{doc}").status_code == 401  # no credential
 
 
 def test_restore_over_http(api):
     settings, client = api
     doc = document_id(TENANT, "a.md")
-    answer = client.post(f"/v1/documents/{doc}/versions/1/restore", headers={"X-User-ID": TENANT})
+    answer = client.post(f"/v1/documents/{doc}/versions/1/restore", headers=bearer(TENANT))
     assert answer.status_code == 200 and answer.json()["latest_version"] == 1
     latest = list(VectorStore(settings).scroll(models.Filter(must=[
         models.FieldCondition(key="document_id", match=models.MatchValue(value=doc)),
         models.FieldCondition(key="is_latest", match=models.MatchValue(value=True))])))
     assert {p.payload["version"] for p in latest} == {1} and "First words" in latest[0].payload["text"]
-    missing = client.post(f"/v1/documents/{doc}/versions/9/restore", headers={"X-User-ID": TENANT})
+    missing = client.post(f"/v1/documents/{doc}/versions/9/restore", headers=bearer(TENANT))
     assert missing.status_code == 404
 
 
@@ -87,7 +88,7 @@ def test_dead_letters_are_listed_per_tenant(api):
 def test_delete_over_http_removes_points_rows_stay_and_object_goes(api):
     settings, client = api
     doc = document_id(TENANT, "a.md")
-    answer = client.delete(f"/v1/documents/{doc}", headers={"X-User-ID": TENANT})
+    answer = client.delete(f"/v1/documents/{doc}", headers=bearer(TENANT))
     assert answer.status_code == 204
     assert VectorStore(settings).count(models.Filter(must=[
         models.FieldCondition(key="document_id", match=models.MatchValue(value=doc))])) == 0
@@ -100,5 +101,5 @@ def test_delete_over_http_removes_points_rows_stay_and_object_goes(api):
         assert catalog.get_document(doc).deleted
     finally:
         catalog.close()
-    restore = client.post(f"/v1/documents/{doc}/versions/1/restore", headers={"X-User-ID": TENANT})
+    restore = client.post(f"/v1/documents/{doc}/versions/1/restore", headers=bearer(TENANT))
     assert restore.status_code == 409 and restore.json()["error"] == "deleted"

@@ -66,5 +66,5 @@ def test_a_service_down_makes_it_not_ready_and_names_it(apps):
 
 
 def test_the_probes_need_no_caller(apps):
-    assert _ready(f"{apps}/v1/readyz", SERVICES).status_code == 200  # no X-User-ID
+    assert _ready(f"{apps}/v1/readyz", SERVICES).status_code == 200  # no credential
     assert httpx.get(f"{apps}/v1/healthz", timeout=30).status_code == 200

@@ -22,6 +22,7 @@ from serve.client.api import SluiceClient
 from serve.client.cli import main
 from serve.client.state import StateFile
 from serve.client.uploader import Uploader
+from tests.auth import bearer, make_key
 from tests.serve.upload_helpers import new_tenant, settings_overrides
 
 pytestmark = pytest.mark.integration
@@ -55,10 +56,10 @@ def corpus(stack, tmp_path_factory):
     for name, text in (("legal.md", LEGAL), ("hr.md", HR), ("plain.md", PLAIN)):
         (folder / name).write_text(text)
     state = folder / "state.json"
-    assert main(["--url", base, "--tenant", tenant, "upload", str(folder / "legal.md"), "--to", "kb", "--meta",
-                 "dept=legal", "--meta", "tags=q1", "--meta", "tags=audit", "--state-file", str(state),
-                 "--no-progress"]) == 0
-    with SluiceClient(base, tenant) as client:
+    assert main(["--url", base, "--api-key", make_key(tenant, "writer"), "upload", str(folder / "legal.md"),
+                 "--to", "kb", "--meta", "dept=legal", "--meta", "tags=q1", "--meta", "tags=audit",
+                 "--state-file", str(state), "--no-progress"]) == 0
+    with SluiceClient(base, tenant, api_key=make_key(tenant, "writer")) as client:
         hr = Uploader(client, StateFile(state), metadata={"dept": "hr", "year": 2024, "reviewed": True})
         assert hr.upload(folder / "hr.md", "kb/hr.md").ok
         assert Uploader(client, StateFile(state)).upload(folder / "plain.md", "kb/plain.md").ok
@@ -69,7 +70,7 @@ def corpus(stack, tmp_path_factory):
 
 def _search(base: str, tenant: str, **body) -> httpx.Response:
     return httpx.post(f"{base}/v1/search", json={"query": "thirty days", "top_k": 10, **body},
-                      headers={"X-User-ID": tenant}, timeout=60)
+                      headers=bearer(tenant), timeout=60)
 
 
 def _paths(answer: httpx.Response) -> set[str]:
@@ -103,10 +104,10 @@ def test_results_and_documents_carry_metadata_and_properties(stack, corpus):
     results = _search(base, tenant, filters={"metadata": {"dept": "legal"}}).json()["results"]
     assert results and all(r["metadata"] == {"dept": "legal", "tags": ["q1", "audit"]} for r in results)
     assert all(r["properties"] == {"title": "Supply contract", "language": "en"} for r in results)
-    doc = httpx.get(f"{base}/v1/documents/{document_id(tenant, 'kb/hr.md')}", headers={"X-User-ID": tenant}).json()
+    doc = httpx.get(f"{base}/v1/documents/{document_id(tenant, 'kb/hr.md')}", headers=bearer(tenant)).json()
     assert doc["metadata"] == {"dept": "hr", "year": 2024, "reviewed": True}
     assert doc["properties"] == {"title": "Holiday policy", "language": "en"}
-    plain = httpx.get(f"{base}/v1/documents/{document_id(tenant, 'kb/plain.md')}", headers={"X-User-ID": tenant})
+    plain = httpx.get(f"{base}/v1/documents/{document_id(tenant, 'kb/plain.md')}", headers=bearer(tenant))
     assert plain.json()["metadata"] == {}
 
 
@@ -114,7 +115,7 @@ def test_patch_replaces_metadata_at_once_without_re_embedding(stack, corpus):
     settings, base = stack
     tenant, _ = corpus
     doc = document_id(tenant, "kb/legal.md")
-    headers = {"X-User-ID": tenant}
+    headers = bearer(tenant)
     before = {str(p.id): p.vector for p in VectorStore(settings).scroll(version_filter(doc, 1), with_vectors=True)}
     assert _paths(_search(base, tenant, filters={"metadata": {"dept": "legal"}})) == {"kb/legal.md"}  # now cached
 
@@ -140,10 +141,10 @@ def test_a_new_version_keeps_its_predecessors_metadata_unless_it_brings_its_own(
     path, doc = "kb/hr.md", document_id(tenant, "kb/hr.md")
     state = StateFile(folder / "state-2.json")
     (folder / "hr.md").write_text(HR + "\nAmended: holidays may be carried over.\n")
-    with SluiceClient(base, tenant) as client:
+    with SluiceClient(base, tenant, api_key=make_key(tenant, "writer")) as client:
         assert Uploader(client, state).upload(folder / "hr.md", path).version == 2
         run_ingest(settings, tenant=tenant)
-        doc_json = httpx.get(f"{base}/v1/documents/{doc}", headers={"X-User-ID": tenant}).json()
+        doc_json = httpx.get(f"{base}/v1/documents/{doc}", headers=bearer(tenant)).json()
         assert doc_json["latest_version"] == 2 and doc_json["metadata"] == {"dept": "hr", "year": 2024, "reviewed": True}
 
         (folder / "hr.md").write_text(HR + "\nAmended twice.\n")
@@ -178,7 +179,7 @@ def test_s3_user_metadata_comes_in_through_scan(stack, corpus):
 def test_invalid_metadata_is_refused_naming_the_key_and_nothing_is_stored(stack, corpus, metadata, key):
     settings, base = stack
     tenant, _ = corpus
-    headers = {"X-User-ID": tenant}
+    headers = bearer(tenant)
     created = httpx.post(f"{base}/v1/uploads", json={"path": "kb/new.md", "size": 3, "metadata": metadata},
                          headers=headers)
     assert created.status_code == 422 and created.json()["error"] == "invalid_metadata"
@@ -200,16 +201,16 @@ def test_bad_filters_and_bodies_are_refused_with_what_was_wrong(stack, corpus):
         assert answer.status_code == 422 and named in answer.json()["detail"], filters
     doc = document_id(tenant, "kb/plain.md")
     for body in ({"meta": {}}, {"metadata": {}, "other": 1}, []):
-        assert httpx.patch(f"{base}/v1/documents/{doc}", json=body, headers={"X-User-ID": tenant}).status_code == 422
+        assert httpx.patch(f"{base}/v1/documents/{doc}", json=body, headers=bearer(tenant)).status_code == 422
     assert httpx.patch(f"{base}/v1/documents/{doc}", json={"metadata": {"a": "b"}},
-                       headers={"X-User-ID": "someone-else"}).status_code == 404
+                       headers=bearer("someone-else")).status_code == 404
     assert main(["--url", base, "--tenant", tenant, "upload", str(Path(__file__)), "--meta", "novalue"]) == 2
 
 
 def test_the_search_command_filters_on_metadata(stack, corpus, capsys):
     _, base = stack
     tenant, _ = corpus
-    assert main(["--url", base, "--tenant", tenant, "search", "thirty days", "--meta", "dept=hr", "--meta",
+    assert main(["--url", base, "--api-key", make_key(tenant, "reader"), "search", "thirty days", "--meta", "dept=hr", "--meta",
                  "dept=people", "--json"]) == 0
     paths = {r["path"] for r in json.loads(capsys.readouterr().out)["results"]}
     assert paths == {"kb/hr.md"}

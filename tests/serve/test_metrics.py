@@ -23,6 +23,7 @@ from core.catalog import Catalog
 from core.objects import ObjectStore
 from core.vectorstore import VectorStore
 from pipelines.ingest import run_ingest
+from tests.auth import bearer
 from tests.serve.search_helpers import storm
 from tests.serve.upload_helpers import PART, Uploads, new_tenant, random_bytes, settings_overrides, sha256_hex
 
@@ -90,7 +91,7 @@ def run(ray_local, make_settings, serve_http):
     cached = []
     for mode, query in SEARCHES:
         r = httpx.post(f"{search_url}/v1/search", json={"query": query, "mode": mode, "top_k": 2},
-                       headers={"X-User-ID": TENANT}, timeout=60)
+                       headers=bearer(TENANT), timeout=60)
         assert r.status_code == 200, r.text
         cached.append(r.json()["cached"])
     assert cached == [False, False, False, True]

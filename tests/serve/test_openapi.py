@@ -20,6 +20,7 @@ import pytest
 from core.ids import document_id
 from core.objects import ObjectStore
 from pipelines.ingest import run_ingest
+from tests.auth import bearer, make_key
 from tests.pipelines.support import tiny_model
 from tests.serve.upload_helpers import new_tenant, settings_overrides
 
@@ -48,7 +49,7 @@ def stack(make_settings, serve_http, tmp_path_factory):
     serve_http(documents_app(args), "documents", "/v1")
     base = serve_http(search_app(args), "search", "/v1/search")
     created = httpx.post(f"{base}/v1/uploads", json={"path": "notes/pending.txt", "size": 12},
-                         headers={"X-User-ID": tenant}, timeout=60)
+                         headers=bearer(tenant), timeout=60)
     assert created.status_code == 201, created.text
     return base, tenant, {"document_id": document_id(tenant, "guide/rivers.md"), "upload_id": created.json()["upload_id"]}
 
@@ -90,7 +91,7 @@ def test_schemathesis_finds_no_failure_in_the_whole_api(stack, tmp_path):
     command = [
         str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(config), "run",
         f"{base}/v1/openapi.json", "--url", base,
-        "--checks", CHECKS, "--max-examples", str(MAX_EXAMPLES), "--header", f"X-User-ID: {tenant}",
+        "--checks", CHECKS, "--max-examples", str(MAX_EXAMPLES), "--header", f"Authorization: Bearer {make_key(tenant, 'admin')}",
         "--seed", "1", "--workers", "2", "--no-color", "--phases", "examples,coverage,fuzzing",
         "--generation-database", "none", "--request-timeout", "60", "--suppress-health-check", "all",
         "--report", "junit", "--report-junit-path", str(junit),

@@ -13,6 +13,8 @@ from core.cache import Cache
 from core.objects import ObjectStore
 from pipelines.ingest import run_ingest
 
+from tests.auth import bearer
+
 pytestmark = pytest.mark.integration
 
 DOCS = {
@@ -59,7 +61,7 @@ def _secrets(settings) -> dict:
 
 def post(base_url: str, body: dict, tenant: str | None = "acme", **headers) -> httpx.Response:
     if tenant is not None:
-        headers["X-User-ID"] = tenant
+        headers.update(bearer(tenant))
     return httpx.post(f"{base_url}/v1/search", json=body, headers=headers, timeout=60)
 
 
@@ -92,19 +94,19 @@ def test_the_client_request_id_is_returned(base_url):
 
 def test_errors_are_json_with_a_code(base_url):
     missing = post(base_url, {"query": "bread"}, tenant=None)
-    assert missing.status_code == 401 and missing.json()["error"] == "missing_user"
+    assert missing.status_code == 401 and missing.json()["error"] == "unauthenticated"
     assert missing.headers["X-Request-ID"]
     bad_mode = post(base_url, {"query": "bread", "mode": "fuzzy"})
     assert bad_mode.status_code == 422 and bad_mode.json()["error"] == "invalid_request"
     assert "mode" in bad_mode.json()["detail"]
     blank = post(base_url, {"query": "   "})
     assert blank.status_code == 422
-    not_json = httpx.post(f"{base_url}/v1/search", content=b"{nope", headers={"X-User-ID": "acme"}, timeout=30)
+    not_json = httpx.post(f"{base_url}/v1/search", content=b"{nope", headers=bearer("acme"), timeout=30)
     assert not_json.status_code == 400 and not_json.json()["error"] == "invalid_json"
     # Nesting deeper than the decoder allows is bad JSON, not a server error; a huge body is refused unread.
-    deep = httpx.post(f"{base_url}/v1/search", content=b"[" * 20000 + b"]" * 20000, headers={"X-User-ID": "acme"}, timeout=30)
+    deep = httpx.post(f"{base_url}/v1/search", content=b"[" * 20000 + b"]" * 20000, headers=bearer("acme"), timeout=30)
     assert deep.status_code == 400 and deep.json()["error"] == "invalid_json"
-    huge = httpx.post(f"{base_url}/v1/search", content=b" " * (2 * 1024 * 1024), headers={"X-User-ID": "acme"}, timeout=30)
+    huge = httpx.post(f"{base_url}/v1/search", content=b" " * (2 * 1024 * 1024), headers=bearer("acme"), timeout=30)
     assert huge.status_code == 413 and huge.json()["error"] == "body_too_large"
     # Counts are integers: JSON true or "5" are not taken for 1 and 5.
     for wrong in (True, "5", 2.5):
@@ -149,7 +151,7 @@ def test_answers_are_cached_until_the_generation_moves(indexed, base_url):
 
 def test_the_route_answers_with_and_without_a_trailing_slash(base_url):
     for url in (f"{base_url}/v1/search", f"{base_url}/v1/search/"):
-        response = httpx.post(url, json={"query": "Danube", "top_k": 1}, headers={"X-User-ID": "acme"}, timeout=60)
+        response = httpx.post(url, json={"query": "Danube", "top_k": 1}, headers=bearer("acme"), timeout=60)
         assert response.status_code == 200, (url, response.text)
         assert response.json()["results"][0]["path"] == "guide/rivers.md"
     from ray import serve
@@ -164,7 +166,7 @@ def test_batch_answers_each_query_in_order(base_url):
         {"query": "knead the dough", "mode": "sparse", "top_k": 1},
         {"query": "zyxquorbe", "mode": "sparse"},
     ]
-    response = httpx.post(f"{base_url}/v1/search/batch", json={"queries": queries}, headers={"X-User-ID": "acme"}, timeout=60)
+    response = httpx.post(f"{base_url}/v1/search/batch", json={"queries": queries}, headers=bearer("acme"), timeout=60)
     assert response.status_code == 200, response.text
     answers = response.json()["answers"]
     assert [a["results"][0]["path"] if a["results"] else None for a in answers] == [
@@ -179,7 +181,7 @@ def test_batch_is_bounded_and_validated(base_url):
     from serve.search.query import MAX_BATCH_QUERIES
 
     def batch(body):
-        return httpx.post(f"{base_url}/v1/search/batch", json=body, headers={"X-User-ID": "acme"}, timeout=60)
+        return httpx.post(f"{base_url}/v1/search/batch", json=body, headers=bearer("acme"), timeout=60)
 
     too_many = batch({"queries": [{"query": f"q{i}"} for i in range(MAX_BATCH_QUERIES + 1)]})
     assert too_many.status_code == 422 and too_many.json()["error"] == "invalid_request"
@@ -197,7 +199,7 @@ def test_search_works_when_redis_is_down(indexed, serve_http, unused_port):
 
     base = serve_http(build_app({"settings_overrides": overrides}), "search-no-redis", route_prefix="/no-redis")
     for _ in range(2):
-        response = httpx.post(f"{base}/no-redis", json={"query": "Danube", "top_k": 1}, headers={"X-User-ID": "acme"}, timeout=60)
+        response = httpx.post(f"{base}/no-redis", json={"query": "Danube", "top_k": 1}, headers=bearer("acme"), timeout=60)
         assert response.status_code == 200, response.text
         assert response.json()["cached"] is False
         assert response.json()["results"][0]["path"] == "guide/rivers.md"

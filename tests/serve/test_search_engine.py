@@ -225,8 +225,22 @@ def test_answers_are_cached_per_generation(engine):
     assert second["results"] == first["results"]
     assert engine.search("globex", req)["cached"] is False  # the tenant is part of the key
     assert engine.search("acme", req.model_copy(update={"top_k": 3}))["cached"] is False
-    engine.cache.bump_generation()  # what ingest, delete and restore do
+    engine.cache.bump_generation("globex")  # another tenant's change
+    assert engine.search("acme", req)["cached"] is True
+    engine.cache.bump_generation("acme")  # what an ingest, delete or restore of acme's does
     assert engine.search("acme", req)["cached"] is False
+
+
+def test_a_cached_answer_is_shown_only_to_its_tenant(engine):
+    req = SearchRequest(query="rivers and seas", top_k=2)
+    acme = engine.search("acme", req)["results"]
+    assert acme
+    key, _ = engine.lookup("globex", req)
+    engine.cache.set_json(key, {"tenant": "acme", "results": acme})  # another tenant's answer under globex's key
+    answer = engine.search("globex", req)
+    assert answer["cached"] is False and not {r["point_id"] for r in answer["results"]} & {r["point_id"] for r in acme}
+    engine.cache.set_json(key, acme)  # an entry of the old form (a bare list) is no answer either
+    assert engine.search("globex", req)["cached"] is False
 
 
 def test_query_embeddings_are_cached(engine, text_encoder):

@@ -14,6 +14,7 @@ from core.ids import document_id
 from core.objects import ObjectStore
 from core.vectorstore import VectorStore
 from pipelines.ingest import run_ingest
+from tests.auth import bearer
 from tests.pipelines.media_helpers import media_settings, red_square_png
 from tests.serve.test_search import settings_overrides
 
@@ -49,7 +50,7 @@ def base_url(indexed, serve_http):
 
 
 def post(base_url: str, body: dict) -> list[dict]:
-    response = httpx.post(f"{base_url}/v1/search", json=body, headers={"X-User-ID": TENANT}, timeout=120)
+    response = httpx.post(f"{base_url}/v1/search", json=body, headers=bearer(TENANT), timeout=120)
     assert response.status_code == 200, response.text
     return response.json()["results"]
 

@@ -13,6 +13,7 @@ from core.ids import point_id
 from core.vectorstore import SPARSE_VECTOR, TEXT_VECTOR, VectorStore
 from pipelines.embed.dense import TextEncoder
 from pipelines.sparse import Bm25Encoder
+from tests.auth import bearer
 from tests.serve.search_helpers import storm
 
 pytestmark = pytest.mark.integration
@@ -68,13 +69,13 @@ def test_overload_answers_503_json_quickly_and_nothing_hangs(base_url):
         assert r.headers["Retry-After"] == "1"
     assert served[0].json()["results"][0]["path"] == "doc0.txt"
     # Once the storm has passed, the searcher answers again.
-    after = httpx.post(f"{base_url}/v1/search", json={"query": "Danube"}, headers={"X-User-ID": "acme"}, timeout=60)
+    after = httpx.post(f"{base_url}/v1/search", json={"query": "Danube"}, headers=bearer("acme"), timeout=60)
     assert after.status_code == 200
 
 
 def test_a_batch_counts_as_one_request_and_runs_its_queries_together(base_url):
     queries = [{"query": f"dough rising time {i}", "top_k": 1} for i in range(20)]
-    response = httpx.post(f"{base_url}/v1/search/batch", json={"queries": queries}, headers={"X-User-ID": "acme"},
+    response = httpx.post(f"{base_url}/v1/search/batch", json={"queries": queries}, headers=bearer("acme"),
                           timeout=120)
     assert response.status_code == 200, response.text
     answers = response.json()["answers"]

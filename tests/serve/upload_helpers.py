@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.auth import bearer
+
 MiB = 1024**2
 #: The smallest part S3 allows; tests use it with files of at most ~11 MiB to stay fast.
 PART = 5 * MiB
@@ -20,8 +22,8 @@ PART = 5 * MiB
 
 def settings_overrides(settings) -> dict[str, Any]:
     """``Settings`` as ``settings_overrides`` of a Serve app (secrets and paths as plain values)."""
-    return settings.model_dump(mode="python") | {
-        "s3_secret_key": settings.s3_secret_key.get_secret_value(),
+    values = settings.model_dump(mode="python")
+    return {k: v.get_secret_value() if hasattr(v, "get_secret_value") else v for k, v in values.items()} | {
         "qdrant_path": str(settings.qdrant_path),
         "qdrant_api_key": None,
     }
@@ -53,7 +55,7 @@ class Uploads:
         self.http = httpx.Client(timeout=timeout_s)
 
     def headers(self, **extra: str) -> dict[str, str]:
-        h = {"X-User-ID": self.tenant} if self.tenant is not None else {}
+        h = bearer(self.tenant, "writer") if self.tenant is not None else {}
         h.update(extra)
         return h
 
