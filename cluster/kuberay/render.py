@@ -11,7 +11,9 @@ Usage (from the repository root)::
 
 Configuration reaches the pods as environment variables from the Kubernetes Secret ``sluice-config`` (every
 ``SLUICE_*`` of README "Configuration"; create it with ``kubectl create secret generic sluice-config
---from-env-file=...``). Field names follow the KubeRay ``ray.io/v1`` CRDs (RayService: ``serveConfigV2``,
+--from-env-file=...``); secrets come from Secrets only. ``job-migrate`` applies the catalog's migrations as the
+schema's owner (``sluice-migration``), ``networkpolicy`` keeps the heads' control ports inside the cluster (README,
+"Security"). Field names follow the KubeRay ``ray.io/v1`` CRDs (RayService: ``serveConfigV2``,
 ``rayClusterConfig``; RayJob: ``entrypoint``, ``shutdownAfterJobFinishes``; https://docs.ray.io/en/latest/cluster/
 kubernetes/getting-started/rayservice-quick-start.html and .../rayjob-quick-start.html).
 
@@ -36,6 +38,13 @@ RAY_VERSION = "2.60.0"
 #: The project's image: rayproject/ray with ``pip install .`` of this repository (build it from the repo root).
 IMAGE = "ghcr.io/sluice/sluice:latest"
 CONFIG_SECRET = "sluice-config"
+#: The Secret with the schema owner's DSN (key ``dsn``), read only by the migration Job.
+MIGRATION_SECRET = "sluice-migration"
+#: The database role the services log in as (``SLUICE_POSTGRES_DSN`` in ``sluice-config``): it may read and write
+#: the tables, not change them (``python -m jobs.migrate --grant``).
+SERVICES_DB_ROLE = "sluice_app"
+#: The namespace of the KubeRay operator, which reaches the head's dashboard (jobs, Serve status).
+OPERATOR_NAMESPACE = "kuberay-operator"
 
 HEADER = "# Rendered by `python -m cluster.kuberay.render --write` from serve/config.yaml; do not edit by hand.\n"
 
@@ -60,6 +69,8 @@ def _container(name: str, cpu: str, memory: str, gpus: int = 0, ports: list[dict
         "name": name,
         "image": IMAGE,
         "envFrom": [{"secretRef": {"name": CONFIG_SECRET}}],
+        # The services never change the schema: the migration Job does, as its owner, before they start.
+        "env": [{"name": "SLUICE_MIGRATE_ON_START", "value": "false"}],
         "resources": {"limits": limits, "requests": dict(limits)},
     }
     if ports:
@@ -71,7 +82,10 @@ def ray_cluster_spec() -> dict[str, Any]:
     """The ``RayCluster`` spec shared by the RayService and the RayJob.
 
     A head without work (``num-cpus: 0``: it runs the GCS, the dashboard and the Serve controller), a CPU worker
-    group (prepare stage, Serve replicas) and a GPU worker group (the embed actor pools), both autoscaled.
+    group (prepare stage, Serve replicas) and a GPU worker group (the embed actor pools), both autoscaled. Ray's
+    token authentication is on (``authOptions``, KubeRay 1.5.1 and later: the operator makes the token's Secret
+    and gives every container ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN``), so the dashboard and the job API,
+    which :func:`network_policy` keeps inside the cluster anyway, refuse a caller without the token.
 
     Returns:
         A dict in the ``rayClusterConfig`` / ``rayClusterSpec`` shape of KubeRay ``ray.io/v1``.
@@ -85,6 +99,7 @@ def ray_cluster_spec() -> dict[str, Any]:
     return {
         "rayVersion": RAY_VERSION,
         "enableInTreeAutoscaling": True,
+        "authOptions": {"mode": "token"},
         "headGroupSpec": {
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
             "template": {"spec": {"containers": [_container("ray-head", "4", "16Gi", ports=head_ports)]}},
@@ -174,7 +189,49 @@ def rayjob_ingest() -> dict[str, Any]:
     }
 
 
-MANIFESTS = {"rayservice": rayservice, "rayjob-ingest": rayjob_ingest}
+def migrate_job() -> dict[str, Any]:
+    """The ``Job`` that applies the catalog's migrations as the schema's owner and grants the services' role its
+    rights (``python -m jobs.migrate --grant``); run it before each rollout. Only it reads the owner's DSN."""
+    container = {
+        "name": "migrate",
+        "image": IMAGE,
+        "command": ["python", "-m", "jobs.migrate", "--grant", SERVICES_DB_ROLE],
+        "envFrom": [{"secretRef": {"name": CONFIG_SECRET}}],
+        "env": [{"name": "SLUICE_MIGRATION_DSN",
+                 "valueFrom": {"secretKeyRef": {"name": MIGRATION_SECRET, "key": "dsn"}}}],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "sluice-migrate"},
+        "spec": {"backoffLimit": 3, "template": {"spec": {"restartPolicy": "OnFailure", "containers": [container]}}},
+    }
+
+
+def network_policy() -> dict[str, Any]:
+    """The ``NetworkPolicy`` of the Ray heads: Serve's port 8000 for everyone; every other port (the GCS, the
+    dashboard and job API on 8265, the client on 10001, the dashboard agent) only for the cluster's own Ray pods
+    and the KubeRay operator's namespace."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "sluice-ray-head"},
+        "spec": {
+            "podSelector": {"matchLabels": {"ray.io/node-type": "head"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"port": 8000, "protocol": "TCP"}]},
+                {"from": [{"podSelector": {"matchLabels": {"ray.io/is-ray-node": "yes"}}},
+                          {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}}}]},
+            ],
+        },
+    }
+
+
+MANIFESTS = {"rayservice": rayservice, "rayjob-ingest": rayjob_ingest, "job-migrate": migrate_job,
+             "networkpolicy": network_policy}
+#: The manifests that run a Ray cluster.
+RAY_MANIFESTS = ("rayservice", "rayjob-ingest")
 
 
 def render(name: str) -> str:

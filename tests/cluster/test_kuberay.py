@@ -38,7 +38,7 @@ def test_every_application_import_path_resolves():
 
 
 def test_every_pod_reads_the_configuration_secret():
-    for name in render.MANIFESTS:
+    for name in render.RAY_MANIFESTS:
         manifest = yaml.safe_load(render.render(name))
         spec = manifest["spec"].get("rayClusterConfig") or manifest["spec"]["rayClusterSpec"]
         groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
@@ -65,3 +65,37 @@ def test_the_service_head_is_probed_on_the_health_routes():
     assert head["readinessProbe"]["httpGet"] == {"path": "/v1/readyz", "port": 8000}
     assert head["livenessProbe"]["httpGet"] == {"path": "/v1/healthz", "port": 8000}
     assert {"/v1/readyz", "/v1/healthz"} <= set(merged()["paths"])  # the routes the probes call exist
+
+
+def test_ray_clusters_require_the_token_and_the_services_never_change_the_schema():
+    for name in render.RAY_MANIFESTS:
+        manifest = yaml.safe_load(render.render(name))
+        spec = manifest["spec"].get("rayClusterConfig") or manifest["spec"]["rayClusterSpec"]
+        assert spec["authOptions"] == {"mode": "token"}
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            for container in group["template"]["spec"]["containers"]:
+                assert {"name": "SLUICE_MIGRATE_ON_START", "value": "false"} in container["env"]
+                assert not any("value" in e and "SECRET" in e["name"] for e in container["env"])  # secrets: Secrets
+    job = yaml.safe_load(render.render("job-migrate"))
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "jobs.migrate", "--grant", render.SERVICES_DB_ROLE]
+    assert container["env"] == [{"name": "SLUICE_MIGRATION_DSN", "valueFrom": {"secretKeyRef": {
+        "name": render.MIGRATION_SECRET, "key": "dsn"}}}]
+
+
+def test_only_serve_is_open_to_everyone_on_the_heads():
+    policy = yaml.safe_load(render.render("networkpolicy"))
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/node-type": "head"}
+    open_rules = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
+    assert open_rules == [{"ports": [{"port": 8000, "protocol": "TCP"}]}]
+    (inside,) = [rule for rule in policy["spec"]["ingress"] if "from" in rule]
+    assert "ports" not in inside and {"podSelector": {"matchLabels": {"ray.io/is-ray-node": "yes"}}} in inside["from"]
+
+
+def test_the_launcher_keeps_the_dashboard_on_loopback_with_token_authentication():
+    config = yaml.safe_load((REPO / "cluster" / "launcher" / "aws.yaml").read_text())
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert any("RAY_AUTH_MODE=token" in c and "ray start" in c for c in commands)
+    assert "python3 -m jobs.migrate" in head
