@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             tenant = canonical_tenant(args.tenant)
         except InvalidTenant as exc:
             return _refuse(str(exc))
-        if args.expires_days is not None and not 0 < args.expires_days <= 36500:
-            return _refuse("--expires-days must be more than 0 and at most 36500")
+        if args.expires_days is not None and not 1 / 1440 <= args.expires_days <= 36500:
+            return _refuse("--expires-days must be at least 1/1440 (one minute) and at most 36500")
         expires = (None if args.expires_days is None
                    else dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=args.expires_days))
         if len(args.name) > 200:

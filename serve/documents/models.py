@@ -113,7 +113,8 @@ class KeyRequest(BaseModel):
 
     role: Literal["reader", "writer", "admin"]
     name: str = Field(default="", max_length=200)
-    expires_days: float | None = Field(default=None, gt=0, le=3650)
+    #: Days until the key expires: at least one minute (1/1440), at most ten years; none: never.
+    expires_days: float | None = Field(default=None, ge=1 / 1440, le=3650)
 
 
 class KeyView(BaseModel):
