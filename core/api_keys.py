@@ -97,6 +97,11 @@ class ApiKeys:
                 self._auth_secret = self._run(read)
         return self._auth_secret
 
+    @property
+    def auth_secret_loaded(self) -> bool:
+        """Whether :meth:`key_hash` can run without a catalog query (the secret is read once per process)."""
+        return self._auth_secret is not None
+
     def key_hash(self, key: str) -> str:
         """The keyed hash the catalog keeps of ``key`` (hex)."""
         return hmac.new(self._secret(), key.encode(), hashlib.sha256).hexdigest()
